@@ -87,7 +87,8 @@ type Index struct {
 	cells map[uint64]*cell
 	stats Stats
 
-	q query // scratch for Nearest, reused so queries do not allocate
+	q          query // scratch for Nearest, reused so queries do not allocate
+	searchMode searchMode
 }
 
 // NewIndex returns an empty Index.

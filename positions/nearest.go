@@ -7,6 +7,15 @@ import (
 	"github.com/hexdispatch/hexdispatch/geo"
 )
 
+// searchMode lets tests pin one of the two search paths.
+type searchMode uint8
+
+const (
+	searchAuto searchMode = iota
+	ringOnly
+	scanOnly
+)
+
 // MaxK bounds the k of one Nearest call.
 const MaxK = 1000
 
@@ -113,6 +122,12 @@ func (x *Index) AppendNearest(dst []Candidate, center geo.LatLng, k int, maxRadi
 		// shard) walking every held bucket is cheaper, so the ring search
 		// gets a budget of that size and hands over when it runs out.
 		q.budget = 2*len(x.cells) + 64
+		switch x.searchMode {
+		case ringOnly:
+			q.budget = math.MaxInt
+		case scanOnly:
+			q.budget = -1
+		}
 		if !x.search() {
 			q.hits = q.hits[:0]
 			q.boundH = q.radiusH
@@ -165,11 +180,11 @@ func (x *Index) search() bool {
 			x.extendRow(&q.rows[i], dLam)
 		}
 		q.work += len(q.rows)
+		if q.work > q.budget {
+			return false // some visits may have been cut short
+		}
 		if cover >= q.bound() {
 			return true
-		}
-		if q.work > q.budget {
-			return false
 		}
 	}
 }
