@@ -140,7 +140,7 @@ func TestStraightLineETA(t *testing.T) {
 	var f geo.ETAFunc = e.ETA
 	a := geo.LatLng{Lat: 10, Lng: 5}
 	b := geo.LatLng{Lat: 11, Lng: 5}
-	if got, want := f(a, b), 16679 * time.Second; (got - want).Abs() > time.Second {
+	if got, want := f(a, b), 16679*time.Second; (got - want).Abs() > time.Second {
 		t.Fatalf("ETA = %v, want %v", got, want)
 	}
 	if got := (geo.StraightLineETA{}).ForDistance(100); got != 0 {
