@@ -14,11 +14,41 @@ const degToRad = math.Pi / 180
 // metres. It is exact on the sphere and handles the antimeridian and the
 // poles; its error against the WGS84 ellipsoid is below 0.5%.
 func DistanceM(a, b LatLng) float64 {
-	phi1, phi2 := a.Lat*degToRad, b.Lat*degToRad
-	sdPhi := math.Sin((phi2 - phi1) / 2)
-	sdLam := math.Sin((b.Lng - a.Lng) * degToRad / 2)
-	h := sdPhi*sdPhi + math.Cos(phi1)*math.Cos(phi2)*sdLam*sdLam
-	return 2 * EarthRadiusM * math.Asin(math.Sqrt(min(1, h)))
+	return DistanceFromHaversine(Haversine(a, b))
+}
+
+// Haversine returns hav(θ) = sin²(θ/2) of the central angle θ between a and
+// b, in [0, 1]. It grows with distance, so code that only compares
+// distances can skip the inverse trigonometry of DistanceM.
+func Haversine(a, b LatLng) float64 {
+	return NewOrigin(a).Haversine(b)
+}
+
+// Origin is a point with its trigonometry cached, for measuring many
+// points from it. Origin.Haversine(b) == Haversine(origin, b) exactly.
+type Origin struct {
+	p           LatLng
+	phi, cosPhi float64
+}
+
+// NewOrigin returns p as an Origin.
+func NewOrigin(p LatLng) Origin {
+	phi := p.Lat * degToRad
+	return Origin{p: p, phi: phi, cosPhi: math.Cos(phi)}
+}
+
+// Haversine returns hav of the central angle between o and b.
+func (o Origin) Haversine(b LatLng) float64 {
+	phi2 := b.Lat * degToRad
+	sdPhi := math.Sin((phi2 - o.phi) / 2)
+	sdLam := math.Sin((b.Lng - o.p.Lng) * degToRad / 2)
+	return min(1, sdPhi*sdPhi+o.cosPhi*math.Cos(phi2)*sdLam*sdLam)
+}
+
+// DistanceFromHaversine converts a Haversine value to metres:
+// DistanceM(a, b) == DistanceFromHaversine(Haversine(a, b)) exactly.
+func DistanceFromHaversine(h float64) float64 {
+	return 2 * EarthRadiusM * math.Asin(math.Sqrt(h))
 }
 
 // ETAFunc estimates the driving time from a driver at from to a pickup at to.

@@ -49,6 +49,7 @@ const MaxDrivers = 1<<24 - 1
 type entry struct {
 	lat, lng geo.E7
 	ref      uint32 // slot<<8 | status
+	sec      uint32 // unix seconds of the observation; exact time is in the record
 }
 
 func (e entry) slot() uint32   { return e.ref >> 8 }
@@ -82,7 +83,7 @@ type Index struct {
 	ttl  int64
 	grid grid
 
-	ids   map[DriverID]uint32 // driver -> slot
+	ids   idTable  // driver -> slot
 	slab  []record            // dense: removal moves the last record into the hole
 	cells map[uint64]*cell
 	stats Stats
@@ -100,7 +101,7 @@ func NewIndex(cfg Config) (*Index, error) {
 		cfg:   cfg,
 		ttl:   int64(cfg.TTL),
 		grid:  newGrid(cfg.CellSizeM),
-		ids:   make(map[DriverID]uint32),
+		ids:   newIDTable(),
 		cells: make(map[uint64]*cell),
 	}, nil
 }
@@ -148,17 +149,17 @@ func (x *Index) Upsert(id DriverID, p geo.LatLng, st Status, seq uint64, at time
 	if lng == 180e7 {
 		lng = -180e7 // one meridian, one representation
 	}
-	e := entry{lat: lat, lng: lng}
+	e := entry{lat: lat, lng: lng, sec: uint32(atN / 1e9)}
 	key := x.grid.key(geo.FromE7(lat, lng))
 
-	slot, ok := x.ids[id]
+	slot, ok := x.ids.get(id, x.slab)
 	if !ok {
 		if len(x.slab) >= MaxDrivers {
 			return 0, fmt.Errorf("%w: %d drivers", ErrFull, len(x.slab))
 		}
 		slot = uint32(len(x.slab))
-		x.ids[id] = slot
 		x.slab = append(x.slab, record{id: id, seq: seq, at: atN})
+		x.ids.insert(id, slot, x.slab)
 		e.ref = slot<<8 | uint32(st)
 		x.place(slot, key, e)
 		x.stats.Inserted++
@@ -212,7 +213,7 @@ func (x *Index) unplace(r *record) {
 // the held position has a newer seq than the removal. A zero seq removes
 // unconditionally.
 func (x *Index) Remove(id DriverID, seq uint64) Outcome {
-	slot, ok := x.ids[id]
+	slot, ok := x.ids.get(id, x.slab)
 	if !ok {
 		return NotFound
 	}
@@ -230,12 +231,12 @@ func (x *Index) Remove(id DriverID, seq uint64) Outcome {
 func (x *Index) drop(slot uint32) {
 	r := &x.slab[slot]
 	x.unplace(r)
-	delete(x.ids, r.id)
+	x.ids.remove(r.id, x.slab)
 	last := uint32(len(x.slab) - 1)
 	if slot != last {
 		moved := x.slab[last]
 		x.slab[slot] = moved
-		x.ids[moved.id] = slot
+		x.ids.setSlot(moved.id, slot, x.slab)
 		e := &moved.c.entries[moved.pos]
 		e.ref = slot<<8 | uint32(e.status())
 	}
@@ -266,13 +267,16 @@ func (x *Index) Expire() int {
 
 func (x *Index) driver(slot uint32) Driver {
 	r := &x.slab[slot]
-	e := r.c.entries[r.pos]
+	return x.driverAt(r, r.c.entries[r.pos])
+}
+
+func (x *Index) driverAt(r *record, e entry) Driver {
 	return Driver{ID: r.id, Pos: geo.FromE7(e.lat, e.lng), Status: e.status(), Seq: r.seq, At: time.Unix(0, r.at)}
 }
 
 // Get returns driver id if it is held and not past TTL.
 func (x *Index) Get(id DriverID) (Driver, bool) {
-	slot, ok := x.ids[id]
+	slot, ok := x.ids.get(id, x.slab)
 	if !ok || x.expired(x.slab[slot].at, x.cfg.Now().UnixNano()) {
 		return Driver{}, false
 	}

@@ -31,9 +31,8 @@ const (
 )
 
 type hit struct {
-	d    float64
-	id   DriverID
-	slot uint32
+	h float64 // haversine to the centre (a lower bound of it while scanning)
+	e entry
 }
 
 // bandRow is one grid row the search has reached, with the columns of it
@@ -44,40 +43,93 @@ type bandRow struct {
 	lo, hi  int64
 	full    bool
 	havDPhi float64 // lower bound of hav(latitude gap) from the centre to the row
-	cosMin  float64 // smallest cos(latitude) in the row
+	cosMin  float64 // smallest cos(latitude) in the row, rounded down
+	cosMax  float64 // largest cos(latitude) in the row, rounded up
 }
 
 // query is Nearest's scratch state, kept in the Index so a query does not
 // allocate.
+//
+// A query runs in two phases. The scan computes, for every driver it
+// reaches, a cheap lower and upper bound of its haversine to the centre; it
+// keeps the k smallest upper bounds, whose largest bounds the answer, and
+// collects every driver whose lower bound is within it. Then the few
+// collected drivers get the exact haversine and the exact top k is chosen.
+// The bounds differ by about 1e-5 relative, so the exact trigonometry runs
+// for little more than k drivers however many the scan touches.
 type query struct {
 	center  geo.LatLng
+	origin  geo.Origin
 	phiQ    float64
 	cosQ    float64
 	k       int
 	radius  float64
-	radiusH float64
-	boundH  float64 // hav bound a driver must beat to enter the result
+	radiusH float64 // radius in haversine space, rounded up
+	radLoH  float64 // radius in haversine space, rounded down
+	boundH  float64 // a driver whose lower bound exceeds this is not in the answer
 	filter  Filter
 	now     int64
-	hits    []hit
-	rows    []bandRow
-	work    int // rows extended plus buckets probed
-	budget  int // work allowed before the search falls back to a full scan
+	// Whole-second bounds on now-sec that decide liveness without reading
+	// the record: at most liveDiff is surely live, at least deadDiff surely
+	// expired; in between the record's exact time decides.
+	nowSec, liveDiff, deadDiff int64
+
+	ubs   []float64 // the k smallest upper bounds so far, ascending
+	cands []hit     // drivers whose lower bound was within boundH when seen
+	hits  []hit     // the exact answer, by (haversine, ID)
+	rows  []bandRow
+
+	work   int // rows extended plus buckets probed
+	budget int // work allowed before the search falls back to a full scan
 }
 
+// bound returns the distance in metres a driver must beat to be in the
+// answer.
 func (q *query) bound() float64 {
-	if len(q.hits) == q.k {
-		return min(q.radius, q.hits[q.k-1].d)
+	if len(q.ubs) == q.k {
+		return min(q.radius, geo.DistanceFromHaversine(q.ubs[q.k-1]))
 	}
 	return q.radius
 }
 
-// push offers a driver at exact distance d; hits stay sorted by (d, id).
-func (q *query) push(d float64, id DriverID, slot uint32) {
+// offerUpper records the upper bound of a live driver surely inside the
+// radius.
+func (q *query) offerUpper(ub float64) {
+	n := len(q.ubs)
+	if n == q.k {
+		if ub >= q.ubs[n-1] {
+			return
+		}
+		n--
+	} else {
+		q.ubs = append(q.ubs, 0)
+	}
+	i := n
+	for i > 0 && q.ubs[i-1] > ub {
+		q.ubs[i] = q.ubs[i-1]
+		i--
+	}
+	q.ubs[i] = ub
+	if len(q.ubs) == q.k {
+		q.boundH = min(q.radiusH, q.ubs[q.k-1])
+	}
+}
+
+// less orders hits by haversine, then driver ID. IDs are read only on exact
+// ties, which keeps records (and their cache misses) out of the selection.
+func (x *Index) less(a, b hit) bool {
+	if a.h != b.h {
+		return a.h < b.h
+	}
+	return x.slab[a.e.slot()].id < x.slab[b.e.slot()].id
+}
+
+// push offers a driver at exact haversine h; hits stay sorted and at most k.
+func (x *Index) push(h hit) {
+	q := &x.q
 	n := len(q.hits)
 	if n == q.k {
-		last := q.hits[n-1]
-		if d > last.d || (d == last.d && id >= last.id) {
+		if !x.less(h, q.hits[n-1]) {
 			return
 		}
 		n--
@@ -85,13 +137,29 @@ func (q *query) push(d float64, id DriverID, slot uint32) {
 		q.hits = append(q.hits, hit{})
 	}
 	i := n
-	for i > 0 && (q.hits[i-1].d > d || (q.hits[i-1].d == d && q.hits[i-1].id > id)) {
+	for i > 0 && x.less(h, q.hits[i-1]) {
 		q.hits[i] = q.hits[i-1]
 		i--
 	}
-	q.hits[i] = hit{d: d, id: id, slot: slot}
-	if len(q.hits) == q.k {
-		q.boundH = min(q.radiusH, havOfDistance(q.hits[q.k-1].d)*(1+relSlack)+absSlackH)
+	q.hits[i] = h
+}
+
+// resolve computes exact haversines for the collected drivers that can
+// still be in the answer and selects the answer.
+func (x *Index) resolve() {
+	q := &x.q
+	for _, c := range q.cands {
+		if c.h > q.boundH {
+			continue
+		}
+		h := q.origin.Haversine(geo.FromE7(c.e.lat, c.e.lng))
+		if h > q.radiusH {
+			continue
+		}
+		if h > q.radLoH && geo.DistanceFromHaversine(h) > q.radius {
+			continue // on the rim: decide in metres, as a brute-force scan does
+		}
+		x.push(hit{h: h, e: c.e})
 	}
 }
 
@@ -110,11 +178,16 @@ func (x *Index) AppendNearest(dst []Candidate, center geo.LatLng, k int, maxRadi
 	}
 	q := &x.q
 	*q = query{
-		center: center, phiQ: center.Lat * degToRad, cosQ: math.Cos(center.Lat * degToRad),
+		center: center, origin: geo.NewOrigin(center),
+		phiQ: center.Lat * degToRad, cosQ: math.Cos(center.Lat * degToRad),
 		k: k, radius: maxRadiusM, filter: f, now: x.cfg.Now().UnixNano(),
-		hits: q.hits[:0], rows: q.rows[:0],
+		ubs: q.ubs[:0], cands: q.cands[:0], hits: q.hits[:0], rows: q.rows[:0],
 	}
+	q.nowSec = q.now / 1e9
+	q.liveDiff = int64(x.cfg.TTL/time.Second) - 1
+	q.deadDiff = int64((x.cfg.TTL+time.Second-1)/time.Second) + 1
 	q.radiusH = havOfDistance(maxRadiusM)*(1+relSlack) + absSlackH
+	q.radLoH = havOfDistance(maxRadiusM) * (1 - relSlack)
 	q.boundH = q.radiusH
 	if len(x.slab) > 0 {
 		// The ring search probes buckets by key, empty ones too. When the
@@ -129,14 +202,29 @@ func (x *Index) AppendNearest(dst []Candidate, center geo.LatLng, k int, maxRadi
 			q.budget = -1
 		}
 		if !x.search() {
-			q.hits = q.hits[:0]
+			q.ubs, q.cands = q.ubs[:0], q.cands[:0]
 			q.boundH = q.radiusH
 			x.scanAll()
 		}
+		x.resolve()
 	}
+	// Hits are in haversine order; distances come from it by a monotone
+	// function, but one that can round two haversines to one distance, so
+	// re-sort by (distance, ID) as a brute-force scan would.
+	start := len(dst)
 	for _, h := range q.hits {
-		d := x.driver(h.slot)
-		dst = append(dst, Candidate{Driver: d, DistanceM: h.d, Age: time.Duration(q.now - x.slab[h.slot].at)})
+		r := &x.slab[h.e.slot()]
+		dst = append(dst, Candidate{
+			Driver:    x.driverAt(r, h.e),
+			DistanceM: geo.DistanceFromHaversine(h.h),
+			Age:       time.Duration(q.now - r.at),
+		})
+	}
+	res := dst[start:]
+	for i := 1; i < len(res); i++ {
+		for j := i; j > 0 && res[j].DistanceM == res[j-1].DistanceM && res[j].ID < res[j-1].ID; j-- {
+			res[j], res[j-1] = res[j-1], res[j]
+		}
 	}
 	return dst, nil
 }
@@ -204,10 +292,15 @@ func (x *Index) bandRow(r int32) bandRow {
 	} else if q.phiQ > hi {
 		gap = q.phiQ - hi
 	}
+	cosMax := 1.0
+	if lo > 0 || hi < 0 { // the row does not span the equator
+		cosMax = max(math.Cos(lo), math.Cos(hi))
+	}
 	return bandRow{
 		r: r, n: x.grid.ncols(r), lo: 1, hi: 0,
 		havDPhi: hav(max(0, gap-slackRad)),
 		cosMin:  max(0, min(math.Cos(lo), math.Cos(hi))-relSlack),
+		cosMax:  cosMax + relSlack,
 	}
 }
 
@@ -312,34 +405,35 @@ func wrapDeg(a float64) float64 {
 	return a
 }
 
-// scan offers every matching driver of the bucket to the result. A cheap
-// lower bound rejects most drivers before the exact distance is computed.
+// scan bounds every matching driver of the bucket (see query) without
+// trigonometry: on [0, π/2], y - y³/6 <= sin y <= y.
 func (x *Index) scan(br *bandRow, cl *cell) {
 	q := &x.q
-	cosBound := q.cosQ * br.cosMin
+	loLam := q.cosQ * br.cosMin
+	hiLam := q.cosQ * br.cosMax
 	const e7ToRad = degToRad / 1e7
+	lngQ := q.center.Lng * 1e7
 	for _, e := range cl.entries {
 		if !q.filter.Statuses.Has(e.status()) {
 			continue
 		}
-		dPhi := math.Abs(float64(e.lat)*e7ToRad - q.phiQ)
-		dLam := math.Abs(float64(e.lng)/1e7 - q.center.Lng)
-		if dLam > 180 {
-			dLam = 360 - dLam
+		y1 := math.Abs(float64(e.lat)*e7ToRad-q.phiQ) / 2
+		dLam := math.Abs(float64(e.lng) - lngQ) // in 1e-7 degrees
+		if dLam > 180e7 {
+			dLam = 360e7 - dLam
 		}
-		lb := sinLowerSq(dPhi/2) + cosBound*sinLowerSq(dLam*degToRad/2)
+		y2 := dLam * e7ToRad / 2
+		lb := sinLowerSq(y1) + loLam*sinLowerSq(y2)
 		if lb > q.boundH {
 			continue
 		}
-		slot := e.slot()
-		r := &x.slab[slot]
-		if x.expired(r.at, q.now) {
+		if diff := q.nowSec - int64(e.sec); diff >= q.deadDiff ||
+			(diff > q.liveDiff && x.expired(x.slab[e.slot()].at, q.now)) {
 			continue
 		}
-		d := geo.DistanceM(q.center, geo.FromE7(e.lat, e.lng))
-		if d > q.radius {
-			continue
+		q.cands = append(q.cands, hit{h: lb, e: e})
+		if ub := (y1*y1+hiLam*y2*y2)*(1+relSlack) + absSlackH; ub <= q.radLoH {
+			q.offerUpper(ub)
 		}
-		q.push(d, r.id, slot)
 	}
 }
