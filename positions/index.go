@@ -84,7 +84,7 @@ type Index struct {
 	grid grid
 
 	ids   idTable  // driver -> slot
-	slab  []record            // dense: removal moves the last record into the hole
+	slab  []record // dense: removal moves the last record into the hole
 	cells map[uint64]*cell
 	stats Stats
 
