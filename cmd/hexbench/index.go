@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/positions"
+	"github.com/hexdispatch/hexdispatch/sim"
+)
+
+// The index workloads run positions.Index alone: the in-memory ceiling of
+// one shard, in the benchmark city (uniform plus hot spots over San
+// Francisco, 80% of drivers available).
+
+func init() {
+	register(Workload{Name: "index-upsert", Sized: true, Run: runIndexUpsert})
+	register(Workload{Name: "index-knn", Sized: true, Run: runIndexKNN})
+	register(Workload{Name: "index-memory", Sized: true, Run: runIndexMemory})
+}
+
+type fleet struct {
+	ids      []positions.DriverID
+	pos      []geo.LatLng
+	statuses []positions.Status
+}
+
+func newFleet(n int, seed uint64) fleet {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	city := sim.SanFrancisco()
+	f := fleet{ids: make([]positions.DriverID, n), pos: make([]geo.LatLng, n), statuses: make([]positions.Status, n)}
+	for i := range n {
+		f.ids[i] = positions.DriverID("d" + strconv.Itoa(i))
+		f.pos[i] = city.Point(rng)
+		f.statuses[i] = positions.StatusAvailable
+		if rng.IntN(5) == 0 {
+			f.statuses[i] = positions.StatusOnTrip
+		}
+	}
+	return f
+}
+
+// benchIndex holds every driver of f with a TTL no run outlives.
+func benchIndex(f fleet) (*positions.Index, error) {
+	cfg := positions.DefaultConfig()
+	cfg.TTL = 24 * time.Hour
+	x, err := positions.NewIndex(cfg)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	for i := range f.ids {
+		if _, err := x.Upsert(f.ids[i], f.pos[i], f.statuses[i], 1, now); err != nil {
+			return nil, err
+		}
+	}
+	return x, nil
+}
+
+// runIndexUpsert moves random drivers by a GPS step (up to about 40 m)
+// with a fresh seq each time.
+func runIndexUpsert(ctx context.Context, env Env) ([]Result, error) {
+	f := newFleet(env.Drivers, env.Seed)
+	x, err := benchIndex(f)
+	if err != nil {
+		return nil, err
+	}
+	rng := rand.New(rand.NewPCG(env.Seed, 11))
+	const m = 1 << 16
+	who := make([]int32, m)
+	step := make([]geo.LatLng, m)
+	for i := range m {
+		who[i] = int32(rng.IntN(env.Drivers))
+		step[i] = geo.LatLng{Lat: (rng.Float64() - 0.5) * 7e-4, Lng: (rng.Float64() - 0.5) * 9e-4}
+	}
+	seqs := make([]uint64, env.Drivers)
+	now := time.Now()
+	var t Timer
+	ops, elapsed, err := t.Loop(ctx, env.Duration, func(i int) error {
+		j := i & (m - 1)
+		d := who[j]
+		p := f.pos[d]
+		p.Lat += step[j].Lat
+		p.Lng += step[j].Lng
+		f.pos[d] = p
+		seqs[d]++
+		_, err := x.Upsert(f.ids[d], p, f.statuses[d], seqs[d]+1, now)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return []Result{throughputResult("index-upsert", env.Drivers, &t, ops, elapsed)}, nil
+}
+
+// runIndexKNN asks for the 10 nearest available drivers within 2 km of
+// riders drawn from the same city model.
+func runIndexKNN(ctx context.Context, env Env) ([]Result, error) {
+	f := newFleet(env.Drivers, env.Seed)
+	x, err := benchIndex(f)
+	if err != nil {
+		return nil, err
+	}
+	rng := rand.New(rand.NewPCG(env.Seed, 13))
+	city := sim.SanFrancisco()
+	qs := make([]geo.LatLng, 1<<14)
+	for i := range qs {
+		qs[i] = city.Point(rng)
+	}
+	var buf []positions.Candidate
+	var t Timer
+	ops, elapsed, err := t.Loop(ctx, env.Duration, func(i int) error {
+		var err error
+		buf, err = x.AppendNearest(buf[:0], qs[i&(len(qs)-1)], 10, 2000, positions.Available)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	r := throughputResult("index-knn", env.Drivers, &t, ops, elapsed)
+	r.Note = "k=10 within 2 km, available drivers"
+	return []Result{r}, nil
+}
+
+// runIndexMemory reports the heap the index holds per driver after GC,
+// generating drivers on the fly so that only what the index keeps (IDs
+// included) is counted.
+func runIndexMemory(_ context.Context, env Env) ([]Result, error) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	cfg := positions.DefaultConfig()
+	cfg.TTL = 24 * time.Hour
+	x, err := positions.NewIndex(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rng := rand.New(rand.NewPCG(env.Seed, 7))
+	city := sim.SanFrancisco()
+	now := time.Now()
+	for i := range env.Drivers {
+		if _, err := x.Upsert(positions.DriverID("d"+strconv.Itoa(i)), city.Point(rng), positions.StatusAvailable, 1, now); err != nil {
+			return nil, err
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(x)
+	return []Result{{
+		System: "hexdispatch", Workload: "index-memory", Drivers: env.Drivers,
+		BytesPerDriver: round(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(env.Drivers)),
+		Note:           "heap after GC, IDs d0..dN-1 included",
+	}}, nil
+}

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+)
+
+type config struct {
+	workloads  []string
+	drivers    []int
+	duration   time.Duration
+	seed       uint64
+	cpuProfile string
+	memProfile string
+}
+
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("hexbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	wl := fs.String("workloads", "index-upsert,index-knn,index-memory", "comma-separated workloads: "+workloadNames())
+	dr := fs.String("drivers", "10000,100000", "comma-separated driver counts for sized workloads")
+	fs.DurationVar(&c.duration, "duration", 3*time.Second, "timed loop length per workload and size")
+	fs.Uint64Var(&c.seed, "seed", 1, "random seed (fleets, queries, moves)")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	fs.StringVar(&c.memProfile, "memprofile", "", "write a heap profile at the end to this file")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	for _, name := range strings.Split(*wl, ",") {
+		name = strings.TrimSpace(name)
+		if _, ok := workloads[name]; !ok {
+			return c, fmt.Errorf("-workloads: unknown workload %q (have %s)", name, workloadNames())
+		}
+		c.workloads = append(c.workloads, name)
+	}
+	for _, s := range strings.Split(*dr, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > 16_000_000 {
+			return c, fmt.Errorf("-drivers: %q is not a count in [1, 16000000]", s)
+		}
+		c.drivers = append(c.drivers, n)
+	}
+	if c.duration <= 0 || c.duration > time.Hour {
+		return c, fmt.Errorf("-duration %v: want (0, 1h]", c.duration)
+	}
+	return c, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if cfg.cpuProfile != "" {
+		f, err := os.Create(cfg.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	for _, name := range cfg.workloads {
+		w := workloads[name]
+		sizes := []int{0}
+		if w.Sized {
+			sizes = cfg.drivers
+		}
+		for _, n := range sizes {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "hexbench: %s drivers=%d ...\n", name, n)
+			env := Env{Drivers: n, Duration: cfg.duration, Seed: cfg.seed, Progress: stderr}
+			results, err := w.Run(ctx, env)
+			if err != nil {
+				return fmt.Errorf("%s (drivers=%d): %w", name, n, err)
+			}
+			for _, r := range results {
+				r.GOMAXPROCS = runtime.GOMAXPROCS(0)
+				if err := writeResult(stdout, r); err != nil {
+					return err
+				}
+			}
+			runtime.GC()
+		}
+	}
+	if cfg.memProfile != "" {
+		f, err := os.Create(cfg.memProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		runtime.GC()
+		return pprof.WriteHeapProfile(f)
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestRunPrintsOneJSONLinePerResult(t *testing.T) {
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{
+		"-workloads", "index-upsert,index-knn,index-memory",
+		"-drivers", "500,2000", "-duration", "20ms",
+	}, &out, &errOut)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, errOut.String())
+	}
+	sc := bufio.NewScanner(&out)
+	seen := map[string]int{}
+	for sc.Scan() {
+		var r Result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		if r.System != "hexdispatch" || (r.Drivers != 500 && r.Drivers != 2000) {
+			t.Fatalf("bad result %+v", r)
+		}
+		switch r.Workload {
+		case "index-memory":
+			if r.BytesPerDriver <= 0 || r.OpsPerS != 0 {
+				t.Fatalf("memory result %+v", r)
+			}
+		default:
+			if r.OpsPerS <= 0 || r.P50us <= 0 || r.P99us < r.P50us || r.BytesPerDriver != 0 {
+				t.Fatalf("throughput result %+v", r)
+			}
+		}
+		seen[r.Workload]++
+	}
+	for _, w := range []string{"index-upsert", "index-knn", "index-memory"} {
+		if seen[w] != 2 {
+			t.Fatalf("workload %s: %d results, want 2 (%v)", w, seen[w], seen)
+		}
+	}
+	if !strings.Contains(errOut.String(), "index-knn drivers=2000") {
+		t.Fatalf("no progress on stderr: %q", errOut.String())
+	}
+}
+
+func TestRunRejectsBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"-workloads", "nope"},
+		{"-drivers", "0"},
+		{"-drivers", "ten"},
+		{"-duration", "-1s"},
+		{"stray"},
+	} {
+		if err := run(context.Background(), args, io.Discard, io.Discard); err == nil {
+			t.Errorf("run(%v) = nil, want error", args)
+		}
+	}
+}
+
+func TestRound(t *testing.T) {
+	for in, want := range map[float64]float64{1234567: 1234567, 3.14159: 3.142, 0.012345: 0.01235, 0: 0} {
+		if got := round(in); got != want {
+			t.Errorf("round(%v) = %v, want %v", in, got, want)
+		}
+	}
+}
