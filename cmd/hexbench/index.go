@@ -17,9 +17,9 @@ import (
 // Francisco, 80% of drivers available).
 
 func init() {
-	register(Workload{Name: "index-upsert", Sized: true, Run: runIndexUpsert})
-	register(Workload{Name: "index-knn", Sized: true, Run: runIndexKNN})
-	register(Workload{Name: "index-memory", Sized: true, Run: runIndexMemory})
+	register(Workload{Name: "index-upsert", Sized: true, Run: runIndexUpsert, RedisPeer: redisIndexUpsert})
+	register(Workload{Name: "index-knn", Sized: true, Run: runIndexKNN, RedisPeer: redisIndexKNN})
+	register(Workload{Name: "index-memory", Sized: true, Run: runIndexMemory, RedisPeer: redisIndexMemory})
 }
 
 type fleet struct {

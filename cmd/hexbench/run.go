@@ -21,6 +21,8 @@ type config struct {
 	seed       uint64
 	cpuProfile string
 	memProfile string
+	peer       string
+	redisPath  string
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -33,6 +35,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Uint64Var(&c.seed, "seed", 1, "random seed (fleets, queries, moves)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	fs.StringVar(&c.memProfile, "memprofile", "", "write a heap profile at the end to this file")
+	fs.StringVar(&c.peer, "peer", "", "also run each workload against a peer and print ratios: redis (Redis GEO on a redis-server started on loopback)")
+	fs.StringVar(&c.redisPath, "redis-server", "redis-server", "redis-server binary for -peer redis")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -52,6 +56,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			return c, fmt.Errorf("-drivers: %q is not a count in [1, 16000000]", s)
 		}
 		c.drivers = append(c.drivers, n)
+	}
+	if c.peer != "" && c.peer != "redis" {
+		return c, fmt.Errorf("-peer %q: the only peer is redis", c.peer)
 	}
 	if c.duration <= 0 || c.duration > time.Hour {
 		return c, fmt.Errorf("-duration %v: want (0, 1h]", c.duration)
@@ -78,6 +85,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 		defer pprof.StopCPUProfile()
 	}
+	var peer *redisPeer
+	if cfg.peer == "redis" {
+		peer, err = startRedis(ctx, cfg.redisPath, stderr)
+		if err != nil {
+			return err
+		}
+		defer peer.Close()
+	}
+	var all []Result
 	for _, name := range cfg.workloads {
 		w := workloads[name]
 		sizes := []int{0}
@@ -94,14 +110,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 			if err != nil {
 				return fmt.Errorf("%s (drivers=%d): %w", name, n, err)
 			}
+			if peer != nil && w.RedisPeer != nil {
+				fmt.Fprintf(stderr, "hexbench: %s drivers=%d against redis-geo ...\n", name, n)
+				pr, err := w.RedisPeer(ctx, env, peer)
+				if err != nil {
+					return fmt.Errorf("%s (drivers=%d) on redis: %w", name, n, err)
+				}
+				results = append(results, pr...)
+			}
 			for _, r := range results {
 				r.GOMAXPROCS = runtime.GOMAXPROCS(0)
 				if err := writeResult(stdout, r); err != nil {
 					return err
 				}
+				all = append(all, r)
 			}
 			runtime.GC()
 		}
+	}
+	if peer != nil {
+		printRatios(stderr, all)
 	}
 	if cfg.memProfile != "" {
 		f, err := os.Create(cfg.memProfile)

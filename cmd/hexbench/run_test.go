@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -69,6 +71,45 @@ func TestRound(t *testing.T) {
 	for in, want := range map[float64]float64{1234567: 1234567, 3.14159: 3.142, 0.012345: 0.01235, 0: 0} {
 		if got := round(in); got != want {
 			t.Errorf("round(%v) = %v, want %v", in, got, want)
+		}
+	}
+}
+
+func TestRunWithRedisPeerPrintsRatios(t *testing.T) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis-server is required under CI: %v", err)
+		}
+		t.Skipf("redis-server not installed: %v", err)
+	}
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{
+		"-peer", "redis", "-workloads", "index-upsert,index-knn,index-memory",
+		"-drivers", "1000", "-duration", "40ms",
+	}, &out, &errOut)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, errOut.String())
+	}
+	peers := map[string]int{}
+	sc := bufio.NewScanner(&out)
+	for sc.Scan() {
+		var r Result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		if r.System == "redis-geo" {
+			if r.OpsPerS <= 0 && r.BytesPerDriver <= 0 {
+				t.Fatalf("empty peer result %+v", r)
+			}
+			peers[r.Workload]++
+		}
+	}
+	if peers["index-upsert"] != 1 || peers["index-knn"] != 2 || peers["index-memory"] != 1 {
+		t.Fatalf("peer results per workload = %v", peers)
+	}
+	for _, w := range []string{"ratio ours/peer", "index-knn", "index-memory"} {
+		if !strings.Contains(errOut.String(), w) {
+			t.Fatalf("ratio table lacks %q:\n%s", w, errOut.String())
 		}
 	}
 }

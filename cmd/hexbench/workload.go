@@ -44,6 +44,9 @@ type Workload struct {
 	// Sized workloads run once per -drivers value; others run once.
 	Sized bool
 	Run   func(ctx context.Context, env Env) ([]Result, error)
+	// RedisPeer, when set, runs the same workload against Redis GEO for
+	// -peer redis.
+	RedisPeer func(ctx context.Context, env Env, p *redisPeer) ([]Result, error)
 }
 
 var workloads = map[string]Workload{}
