@@ -5,8 +5,10 @@ BENCHTIME ?= 3s
 
 .PHONY: run test lint ci bench hexbench fuzz build
 
+# ARGS passes flags, e.g. make run ARGS="-addr 127.0.0.1:9090".
 run:
-	$(GO) run ./cmd/hexdispatch
+	$(GO) build -o bin/hexdispatch ./cmd/hexdispatch
+	exec ./bin/hexdispatch $(ARGS)
 
 build:
 	$(GO) build $(PKGS)
@@ -24,7 +26,7 @@ ci: lint test
 # Go benchmarks beside the code, then the hexbench suite at GOMAXPROCS=1.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./geo ./positions
-	GOMAXPROCS=1 $(GO) run ./cmd/hexbench -workloads index-upsert,index-knn,index-memory -drivers 10000,100000,1000000 -duration $(BENCHTIME)
+	GOMAXPROCS=1 $(GO) run ./cmd/hexbench -peer redis -workloads index-upsert,index-knn,index-memory -drivers 10000,100000,1000000 -duration $(BENCHTIME)
 
 FUZZTIME ?= 20s
 fuzz:
