@@ -174,10 +174,10 @@ func ReadDemand(r io.Reader, name string) (Demand, ReadReport, error) {
 
 // columns maps the fields this reader uses to their CSV positions.
 type columns struct {
-	n                                    int // columns in the header
-	ts, lat, lng                         int
-	day, dlat, dlng, duration, distance  int // -1 when absent
-	trips                                bool
+	n                                   int // columns in the header
+	ts, lat, lng                        int
+	day, dlat, dlng, duration, distance int // -1 when absent
+	trips                               bool
 }
 
 func parseHeader(h string) (columns, error) {
