@@ -1,0 +1,130 @@
+package dispatch
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Role is what a token's holder may do.
+type Role string
+
+// Roles.
+const (
+	RoleDriver Role = "driver"
+	RoleRider  Role = "rider"
+	RoleOps    Role = "ops"
+)
+
+// Valid reports whether r is a known role.
+func (r Role) Valid() bool { return r == RoleDriver || r == RoleRider || r == RoleOps }
+
+// Token errors; the API answers 401 for all of them.
+var (
+	ErrTokenMalformed = errors.New("malformed token")
+	ErrTokenSignature = errors.New("token signature does not match")
+	ErrTokenExpired   = errors.New("token expired")
+)
+
+// Claims is what a bearer token says about its holder.
+type Claims struct {
+	Subject string    `json:"sub"` // a driver, rider or ops user ID
+	Role    Role      `json:"role"`
+	Expires time.Time `json:"exp"`
+}
+
+// MaxTokenLen bounds a token so that verifying one costs little.
+const MaxTokenLen = 1024
+
+// MinSecretLen is the shortest HMAC secret accepted.
+const MinSecretLen = 16
+
+// Signer mints and verifies HMAC-SHA256 bearer tokens of the form
+// base64url(claims JSON) "." base64url(mac).
+type Signer struct {
+	secret []byte
+}
+
+// NewSigner returns a Signer for secret.
+func NewSigner(secret []byte) (*Signer, error) {
+	if len(secret) < MinSecretLen {
+		return nil, fmt.Errorf("token secret is %d bytes, want at least %d", len(secret), MinSecretLen)
+	}
+	return &Signer{secret: append([]byte(nil), secret...)}, nil
+}
+
+func (s *Signer) mac(payload string) []byte {
+	m := hmac.New(sha256.New, s.secret)
+	m.Write([]byte(payload))
+	return m.Sum(nil)
+}
+
+// Mint returns a token for c.
+func (s *Signer) Mint(c Claims) (string, error) {
+	if err := c.validate(); err != nil {
+		return "", err
+	}
+	b, err := json.Marshal(struct {
+		Sub  string `json:"sub"`
+		Role Role   `json:"role"`
+		Exp  int64  `json:"exp"`
+	}{c.Subject, c.Role, c.Expires.Unix()})
+	if err != nil {
+		return "", err
+	}
+	payload := base64.RawURLEncoding.EncodeToString(b)
+	return payload + "." + base64.RawURLEncoding.EncodeToString(s.mac(payload)), nil
+}
+
+func (c Claims) validate() error {
+	switch {
+	case c.Subject == "" || len(c.Subject) > 64:
+		return fmt.Errorf("%w: subject must be 1 to 64 bytes", ErrTokenMalformed)
+	case !c.Role.Valid():
+		return fmt.Errorf("%w: role %q (want driver, rider or ops)", ErrTokenMalformed, c.Role)
+	}
+	return nil
+}
+
+// Verify checks token's signature and expiry at now and returns its claims.
+func (s *Signer) Verify(token string, now time.Time) (Claims, error) {
+	if len(token) > MaxTokenLen {
+		return Claims{}, fmt.Errorf("%w: %d bytes, more than %d", ErrTokenMalformed, len(token), MaxTokenLen)
+	}
+	payload, sig, ok := strings.Cut(token, ".")
+	if !ok {
+		return Claims{}, fmt.Errorf("%w: no signature part", ErrTokenMalformed)
+	}
+	got, err := base64.RawURLEncoding.DecodeString(sig)
+	if err != nil {
+		return Claims{}, fmt.Errorf("%w: signature is not base64url", ErrTokenMalformed)
+	}
+	if !hmac.Equal(got, s.mac(payload)) {
+		return Claims{}, ErrTokenSignature
+	}
+	b, err := base64.RawURLEncoding.DecodeString(payload)
+	if err != nil {
+		return Claims{}, fmt.Errorf("%w: payload is not base64url", ErrTokenMalformed)
+	}
+	var raw struct {
+		Sub  string `json:"sub"`
+		Role Role   `json:"role"`
+		Exp  int64  `json:"exp"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return Claims{}, fmt.Errorf("%w: payload: %v", ErrTokenMalformed, err)
+	}
+	c := Claims{Subject: raw.Sub, Role: raw.Role, Expires: time.Unix(raw.Exp, 0)}
+	if err := c.validate(); err != nil {
+		return Claims{}, err
+	}
+	if !now.Before(c.Expires) {
+		return Claims{}, fmt.Errorf("%w at %s", ErrTokenExpired, c.Expires.UTC().Format(time.RFC3339))
+	}
+	return c, nil
+}
