@@ -1,0 +1,356 @@
+package positions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hexdispatch/hexdispatch/geo"
+)
+
+// PublisherConfig configures a Publisher.
+type PublisherConfig struct {
+	// Brokers are the Kafka seed brokers (host:port).
+	Brokers []string
+	// Topic is the positions topic.
+	Topic string
+	// Partitioner maps positions to partitions; Partitions must equal the
+	// topic's partition count (Run checks).
+	Partitioner Partitioner
+	// MaxPending bounds the events accepted but not yet handed to the Kafka
+	// client. While a (driver, partition) already has an event pending, a
+	// newer one replaces it (coalescing); a new one past the bound is
+	// refused with ErrOverloaded.
+	MaxPending int
+	// MaxBufferedRecords bounds the Kafka client's own buffer of records
+	// handed over but not yet acknowledged. When it is full the sender
+	// waits, so pending events pile up and coalesce.
+	MaxBufferedRecords int
+	// Linger is how long the client waits to fill a batch.
+	Linger time.Duration
+	// BatchMaxBytes bounds one produce batch.
+	BatchMaxBytes int32
+	// ShutdownTimeout bounds the final flush when Run's ctx ends.
+	ShutdownTimeout time.Duration
+	// Now stamps ReceiveTime on events that come without one.
+	Now    func() time.Time
+	Logger *slog.Logger
+	// ClientOpts are extra kgo options (tests: a dialer, a logger).
+	ClientOpts []kgo.Opt
+}
+
+// DefaultPublisherConfig returns defaults for the embedded single-process
+// mode: a local broker, 16 partitions, shards at res 6, 64k pending events,
+// 5 ms linger.
+func DefaultPublisherConfig() PublisherConfig {
+	return PublisherConfig{
+		Brokers:            []string{"127.0.0.1:9092"},
+		Topic:              DefaultTopic,
+		Partitioner:        Partitioner{ShardRes: geo.DefaultShardRes, Partitions: 16},
+		MaxPending:         1 << 16,
+		MaxBufferedRecords: 1 << 17,
+		Linger:             5 * time.Millisecond,
+		BatchMaxBytes:      1 << 20,
+		ShutdownTimeout:    5 * time.Second,
+		Now:                time.Now,
+		Logger:             slog.Default(),
+	}
+}
+
+// Validate checks c.
+func (c PublisherConfig) Validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return fmt.Errorf("%w: no brokers", ErrInvalidConfig)
+	case c.Topic == "":
+		return fmt.Errorf("%w: empty topic", ErrInvalidConfig)
+	case c.MaxPending < 2:
+		// A handoff needs two slots: the removal and the position.
+		return fmt.Errorf("%w: MaxPending %d must be at least 2", ErrInvalidConfig, c.MaxPending)
+	case c.MaxBufferedRecords < 1:
+		return fmt.Errorf("%w: MaxBufferedRecords %d must be positive", ErrInvalidConfig, c.MaxBufferedRecords)
+	case c.Linger < 0 || c.Linger > time.Second:
+		return fmt.Errorf("%w: Linger %v is outside [0, 1s]", ErrInvalidConfig, c.Linger)
+	case c.BatchMaxBytes < MaxEventLen+100:
+		return fmt.Errorf("%w: BatchMaxBytes %d is too small", ErrInvalidConfig, c.BatchMaxBytes)
+	case c.ShutdownTimeout <= 0:
+		return fmt.Errorf("%w: ShutdownTimeout %v must be positive", ErrInvalidConfig, c.ShutdownTimeout)
+	case c.Now == nil:
+		return fmt.Errorf("%w: Now is nil", ErrInvalidConfig)
+	case c.Logger == nil:
+		return fmt.Errorf("%w: Logger is nil", ErrInvalidConfig)
+	}
+	return c.Partitioner.Validate()
+}
+
+// PublisherStats are the publisher's counters since it started.
+type PublisherStats struct {
+	Accepted      uint64 // events accepted by Publish/Remove
+	Coalesced     uint64 // accepted events that replaced a pending one
+	Overloaded    uint64 // events refused with ErrOverloaded
+	Handoffs      uint64 // removals sent to a driver's previous partition
+	Produced      uint64 // records acknowledged by Kafka
+	ProduceErrors uint64 // records Kafka failed (after the client's retries)
+	Pending       int    // events waiting now
+}
+
+type pendingKey struct {
+	driver DriverID
+	part   Partition
+}
+
+type pendingEvent struct {
+	ev   Event
+	part Partition
+}
+
+// Publisher sends driver events to the positions topic, one record per
+// event keyed by driver id, on the partition of the driver's shard.
+//
+// Concurrency: Publish and Remove are safe for concurrent use; they only
+// touch the pending buffer and the handoff table, guarded by mu. The
+// goroutine in Run is the only one that talks to the Kafka client.
+//
+// Load policy: the side that loses when Kafka is slow is the GPS stream.
+// First older positions of the same driver are dropped in favour of the
+// newest (coalescing), then new drivers' events are refused with
+// ErrOverloaded so the gateway can answer 429.
+type Publisher struct {
+	cfg PublisherConfig
+	cl  *kgo.Client
+
+	mu      sync.Mutex
+	pending []pendingEvent
+	slot    map[pendingKey]int
+	last    map[DriverID]Partition // partition each driver was last sent to
+
+	wake     chan struct{}
+	flushReq chan chan error
+	done     chan struct{}
+
+	accepted, coalesced, overloaded, handoffs atomic.Uint64
+	produced, produceErrors                   atomic.Uint64
+}
+
+// NewPublisher returns a Publisher; events are accepted at once and sent
+// once Run is running.
+func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.DefaultProduceTopic(cfg.Topic),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.ProducerLinger(cfg.Linger),
+		kgo.ProducerBatchMaxBytes(cfg.BatchMaxBytes),
+		kgo.MaxBufferedRecords(cfg.MaxBufferedRecords),
+		// Events are 40-100 bytes of mostly incompressible numbers;
+		// compression costs more CPU than it saves on a LAN.
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
+		// Idempotent writes are kgo's default (acks=all); stated here
+		// because per-partition order depends on it.
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+	}
+	cl, err := kgo.NewClient(append(opts, cfg.ClientOpts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	return &Publisher{
+		cfg:      cfg,
+		cl:       cl,
+		slot:     make(map[pendingKey]int),
+		last:     make(map[DriverID]Partition),
+		wake:     make(chan struct{}, 1),
+		flushReq: make(chan chan error),
+		done:     make(chan struct{}),
+	}, nil
+}
+
+// Publish accepts a position event (Kind zero means KindPosition) or a
+// removal. A zero ReceiveTime is stamped with the publisher's clock. It
+// never blocks: it returns ErrOverloaded when the buffer is full, or an
+// error wrapping ErrBadEvent for an invalid event.
+//
+// When a driver's partition changes, a removal (same seq) goes to the old
+// partition as well, so the old owner drops the driver at once instead of
+// at TTL.
+func (p *Publisher) Publish(ev Event) error {
+	if ev.Kind == 0 {
+		ev.Kind = KindPosition
+	}
+	if ev.ReceiveTime.IsZero() {
+		ev.ReceiveTime = p.cfg.Now()
+	}
+	if err := ev.Validate(); err != nil {
+		return err
+	}
+	part, _, err := p.cfg.Partitioner.ForPos(ev.Pos)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadEvent, err)
+	}
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.done:
+		return ErrClosed
+	default:
+	}
+	old, known := p.last[ev.Driver]
+	if ev.Kind == KindRemoval && known {
+		part = old // remove where the driver is, not where the removal points
+	}
+	handoff := ev.Kind == KindPosition && known && old != part
+	need := 0
+	if _, ok := p.slot[pendingKey{ev.Driver, part}]; !ok {
+		need++
+	}
+	if _, ok := p.slot[pendingKey{ev.Driver, old}]; handoff && !ok {
+		need++
+	}
+	if len(p.pending)+need > p.cfg.MaxPending {
+		p.overloaded.Add(1)
+		return ErrOverloaded
+	}
+	if handoff {
+		rm := Event{Kind: KindRemoval, Driver: ev.Driver, Pos: ev.Pos, Heading: NoHeading, Seq: ev.Seq, SourceTime: ev.SourceTime, ReceiveTime: ev.ReceiveTime}
+		p.enqueueLocked(rm, old)
+		p.handoffs.Add(1)
+	}
+	p.enqueueLocked(ev, part)
+	if ev.Kind == KindRemoval {
+		delete(p.last, ev.Driver)
+	} else {
+		p.last[ev.Driver] = part
+	}
+	p.accepted.Add(1)
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Remove publishes that driver id went offline, to the partition it was
+// last sent to. seq should be newer than its last position's.
+func (p *Publisher) Remove(id DriverID, seq uint64, lastPos geo.LatLng) error {
+	return p.Publish(Event{Kind: KindRemoval, Driver: id, Pos: lastPos, Heading: NoHeading, Seq: seq})
+}
+
+func (p *Publisher) enqueueLocked(ev Event, part Partition) {
+	k := pendingKey{ev.Driver, part}
+	if i, ok := p.slot[k]; ok {
+		p.pending[i].ev = ev
+		p.coalesced.Add(1)
+		return
+	}
+	p.slot[k] = len(p.pending)
+	p.pending = append(p.pending, pendingEvent{ev: ev, part: part})
+}
+
+// Stats returns the counters.
+func (p *Publisher) Stats() PublisherStats {
+	p.mu.Lock()
+	n := len(p.pending)
+	p.mu.Unlock()
+	return PublisherStats{
+		Accepted: p.accepted.Load(), Coalesced: p.coalesced.Load(), Overloaded: p.overloaded.Load(),
+		Handoffs: p.handoffs.Load(), Produced: p.produced.Load(), ProduceErrors: p.produceErrors.Load(),
+		Pending: n,
+	}
+}
+
+// Client is the publisher's Kafka client, for admin calls (EnsureTopic).
+func (p *Publisher) Client() *kgo.Client { return p.cl }
+
+// Flush returns once every event accepted before the call is acknowledged
+// by Kafka (or failed), or ctx ends. Run must be running.
+func (p *Publisher) Flush(ctx context.Context) error {
+	reply := make(chan error, 1)
+	select {
+	case p.flushReq <- reply:
+	case <-p.done:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run sends pending events until ctx ends, then flushes what is left
+// (bounded by ShutdownTimeout) and closes the client. It is the only
+// goroutine that produces; call it once.
+func (p *Publisher) Run(ctx context.Context) error {
+	defer p.cl.Close()
+	defer func() {
+		p.mu.Lock()
+		close(p.done)
+		p.mu.Unlock()
+	}()
+	var spare []pendingEvent
+	drain := func(ctx context.Context) {
+		p.mu.Lock()
+		batch := p.pending
+		p.pending = spare[:0]
+		clear(p.slot)
+		p.mu.Unlock()
+		for i := range batch {
+			p.produce(ctx, batch[i])
+			batch[i] = pendingEvent{}
+		}
+		spare = batch
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
+			defer cancel()
+			drain(sctx)
+			if err := p.cl.Flush(sctx); err != nil {
+				p.cfg.Logger.Warn("positions publisher: final flush", "err", err, "pending", p.cl.BufferedProduceRecords())
+			}
+			return nil
+		case <-p.wake:
+			drain(ctx)
+		case reply := <-p.flushReq:
+			drain(ctx)
+			reply <- p.cl.Flush(ctx)
+		}
+	}
+}
+
+func (p *Publisher) produce(ctx context.Context, pe pendingEvent) {
+	rec := &kgo.Record{
+		Key:       []byte(pe.ev.Driver),
+		Value:     AppendEvent(make([]byte, 0, eventHeaderLen+len(pe.ev.Driver)), pe.ev),
+		Partition: int32(pe.part),
+		Timestamp: pe.ev.ReceiveTime, // offsets-for-times in the rebuild count from it
+	}
+	// Produce blocks while the client's buffer is full; meanwhile
+	// Publish keeps coalescing into p.pending.
+	p.cl.Produce(ctx, rec, p.promise)
+}
+
+func (p *Publisher) promise(r *kgo.Record, err error) {
+	if err == nil {
+		p.produced.Add(1)
+		return
+	}
+	if n := p.produceErrors.Add(1); n&(n-1) == 0 && !errors.Is(err, context.Canceled) {
+		// Logged at powers of two so that a broker outage does not
+		// flood the log.
+		p.cfg.Logger.Warn("positions publisher: produce failed", "err", err, "partition", r.Partition, "failures", n)
+	}
+}
