@@ -207,12 +207,12 @@ func TestPublisherOverload(t *testing.T) {
 	}{
 		{"d1", a, 1, nil},
 		{"d2", a, 1, nil},
-		{"d1", a, 2, nil},                      // coalesces
-		{"d1", b, 3, nil},                      // handoff: removal coalesces at a, position takes the third slot
-		{"d3", a, 1, positions.ErrOverloaded},  // full
-		{"d2", b, 2, positions.ErrOverloaded},  // a handoff needs a new slot at b
-		{"d2", a, 3, nil},                      // coalesces
-		{"d1", b, 4, nil},                      // coalesces
+		{"d1", a, 2, nil},                     // coalesces
+		{"d1", b, 3, nil},                     // handoff: removal coalesces at a, position takes the third slot
+		{"d3", a, 1, positions.ErrOverloaded}, // full
+		{"d2", b, 2, positions.ErrOverloaded}, // a handoff needs a new slot at b
+		{"d2", a, 3, nil},                     // coalesces
+		{"d1", b, 4, nil},                     // coalesces
 		{"d4", geo.LatLng{Lat: 91}, 1, positions.ErrBadEvent},
 	} {
 		if err := pub(tc.id, tc.pos, tc.seq); !errors.Is(err, tc.want) {
