@@ -1,12 +1,15 @@
 package dispatch
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"slices"
 	"strings"
 	"time"
 )
@@ -127,4 +130,38 @@ func (s *Signer) Verify(token string, now time.Time) (Claims, error) {
 		return Claims{}, fmt.Errorf("%w at %s", ErrTokenExpired, c.Expires.UTC().Format(time.RFC3339))
 	}
 	return c, nil
+}
+
+type claimsKey struct{}
+
+// ClaimsFrom returns the verified claims RequireRole put in ctx.
+func ClaimsFrom(ctx context.Context) (Claims, bool) {
+	c, ok := ctx.Value(claimsKey{}).(Claims)
+	return c, ok
+}
+
+// RequireRole admits requests carrying "Authorization: Bearer <token>" with
+// a valid token of one of roles, and answers 401 (no or bad token) or 403
+// (wrong role) with a JSON error otherwise.
+func (s *Signer) RequireRole(now func() time.Time, next http.Handler, roles ...Role) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Get("Authorization")
+		tok, ok := strings.CutPrefix(h, "Bearer ")
+		if !ok || tok == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="hexdispatch"`)
+			WriteError(w, &APIError{Status: http.StatusUnauthorized, Code: "unauthenticated", Message: "missing bearer token"})
+			return
+		}
+		c, err := s.Verify(tok, now())
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="hexdispatch", error="invalid_token"`)
+			WriteError(w, &APIError{Status: http.StatusUnauthorized, Code: "invalid_token", Message: err.Error()})
+			return
+		}
+		if !slices.Contains(roles, c.Role) {
+			WriteError(w, &APIError{Status: http.StatusForbidden, Code: "forbidden", Message: fmt.Sprintf("role %s may not call this endpoint", c.Role)})
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), claimsKey{}, c)))
+	})
 }
