@@ -1,0 +1,380 @@
+package matcher
+
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
+// The assignment solver behind the batched policy. It is pure (no I/O, no
+// clocks) and allocation-free once a Solver's buffers have grown to the
+// largest window it has seen.
+
+var (
+	// ErrInvalidCost is returned for a cost matrix holding NaN, a negative
+	// cost or -Inf. The wrapping error names the cell.
+	ErrInvalidCost = errors.New("invalid assignment cost")
+	// ErrMatrixShape is returned for a matrix whose dimensions do not match
+	// its backing slice, or a negative dimension.
+	ErrMatrixShape = errors.New("invalid cost matrix shape")
+)
+
+// Infeasible marks a rider-driver pair that must never be assigned. Any
+// cost above the solver's MaxCost is infeasible as well.
+var Infeasible = math.Inf(1)
+
+// Unassigned is the column of a row that got no driver.
+const Unassigned = -1
+
+// CostMatrix is a dense Rows x Cols matrix of pair costs, row-major: rows
+// are riders, columns are drivers and Cost[i*Cols+j] is the cost (pickup
+// ETA in seconds) of giving driver j to rider i. Costs are finite and >= 0,
+// or [Infeasible].
+type CostMatrix struct {
+	Rows, Cols int
+	Cost       []float64
+}
+
+// NewCostMatrix returns a rows x cols matrix with every pair infeasible.
+func NewCostMatrix(rows, cols int) *CostMatrix {
+	m := &CostMatrix{}
+	m.Reset(rows, cols)
+	return m
+}
+
+// Reset reshapes m to rows x cols, reusing its backing array when it is
+// large enough, and marks every pair infeasible.
+func (m *CostMatrix) Reset(rows, cols int) {
+	n := rows * cols
+	if cap(m.Cost) < n {
+		m.Cost = make([]float64, n)
+	}
+	m.Rows, m.Cols, m.Cost = rows, cols, m.Cost[:n]
+	for i := range m.Cost {
+		m.Cost[i] = Infeasible
+	}
+}
+
+// At returns the cost of pair (i, j).
+func (m *CostMatrix) At(i, j int) float64 { return m.Cost[i*m.Cols+j] }
+
+// Set sets the cost of pair (i, j).
+func (m *CostMatrix) Set(i, j int, c float64) { m.Cost[i*m.Cols+j] = c }
+
+// Validate checks the shape and that every cost is >= 0 and not NaN
+// (+Inf is allowed: it is [Infeasible]).
+func (m *CostMatrix) Validate() error {
+	if m.Rows < 0 || m.Cols < 0 || len(m.Cost) != m.Rows*m.Cols {
+		return fmt.Errorf("%w: %dx%d with %d costs", ErrMatrixShape, m.Rows, m.Cols, len(m.Cost))
+	}
+	for k, c := range m.Cost {
+		if !(c >= 0) { // catches NaN, negatives and -Inf
+			return fmt.Errorf("%w: cost[%d][%d] = %v (want a finite cost >= 0 or +Inf)", ErrInvalidCost, k/m.Cols, k%m.Cols, c)
+		}
+	}
+	return nil
+}
+
+// Assignment is a solution: Col[i] is the column (driver) given to row
+// (rider) i, or [Unassigned].
+type Assignment struct {
+	Col      []int
+	Assigned int     // rows with a column
+	Total    float64 // sum of the assigned pairs' costs
+}
+
+// Mean returns the mean cost of the assigned pairs, 0 when none is.
+func (a *Assignment) Mean() float64 {
+	if a.Assigned == 0 {
+		return 0
+	}
+	return a.Total / float64(a.Assigned)
+}
+
+func (a *Assignment) reset(rows int) {
+	if cap(a.Col) < rows {
+		a.Col = make([]int, rows)
+	}
+	a.Col = a.Col[:rows]
+	for i := range a.Col {
+		a.Col[i] = Unassigned
+	}
+	a.Assigned, a.Total = 0, 0
+}
+
+// Solver finds a min-cost assignment of rows (riders) to columns
+// (drivers). The objective, in this order:
+//
+//  1. maximise the number of assigned rows, using feasible pairs only (cost
+//     finite and <= MaxCost);
+//  2. among those assignments, minimise the total cost.
+//
+// A rider is never given an infeasible driver; a rider is left unassigned
+// only when no maximum-cardinality assignment can serve it. Rows and columns
+// may differ in number.
+//
+// # Method
+//
+// Each row i gets a private slack column ("leave i unassigned") of cost P,
+// where P = k*cmax + 1, k = min(rows, cols) and cmax is the largest feasible
+// cost. Any assignment's feasible cost is at most k*cmax < P, so trading
+// one more unassigned row for any saving in cost never pays: minimising
+// (assigned cost + P x unassigned rows) is exactly the objective above, and
+// a full row assignment always exists. That square-free problem (rows x
+// (cols + rows)) is solved with the shortest augmenting path method of
+// Jonker and Volgenant (1987) in the rectangular form described by Crouse
+// ("On implementing 2D rectangular assignment algorithms", IEEE TAES 2016):
+// for each row, a Dijkstra search over reduced costs c - u - v finds the
+// cheapest augmenting path to a free column, then the duals u, v are
+// updated so reduced costs stay >= 0 and the path is flipped. Slack columns
+// are implicit: row i's slack joins the search only when row i is reached,
+// since no other row can use it, so the search scans cols + (rows reached)
+// columns, not cols + rows. Rows with no feasible pair are parked on their
+// slack up front. Worst case O(rows^2 * (cols + rows)); on realistic
+// windows most searches stop after a few rows.
+//
+// The zero Solver is ready to use. A Solver is not safe for concurrent use;
+// keep one per goroutine (for example per region's batch loop).
+type Solver struct {
+	// MaxCost, when > 0, makes every cost above it infeasible (for pickup
+	// ETAs: MaxPickupETA in seconds). Zero means only +Inf is infeasible.
+	MaxCost float64
+
+	u, v      []float64 // duals of rows and of columns (real, then slack)
+	spc       []float64 // shortest path cost to each column in one search
+	path      []int32   // row preceding each column on the shortest path
+	col4row   []int32
+	row4col   []int32
+	remaining []int32 // columns not yet reached by the current search
+	rowsHit   []int32 // rows reached by the current search, for the dual update
+	colsHit   []int32 // columns settled by the current search
+}
+
+// Solve fills out with an optimal assignment for m (see [Solver] for the
+// objective). out's slice is reused. It fails on a malformed matrix or an
+// invalid cost, leaving out empty.
+func (s *Solver) Solve(m *CostMatrix, out *Assignment) error {
+	out.reset(0)
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	if math.IsNaN(s.MaxCost) || s.MaxCost < 0 {
+		return fmt.Errorf("%w: MaxCost %v", ErrInvalidCost, s.MaxCost)
+	}
+	limit := s.MaxCost
+	if limit == 0 {
+		limit = math.MaxFloat64
+	}
+	rows, cols := m.Rows, m.Cols
+	out.reset(rows)
+	if rows == 0 || cols == 0 {
+		return nil
+	}
+	cmax := 0.0
+	for _, c := range m.Cost {
+		if c <= limit && c > cmax {
+			cmax = c
+		}
+	}
+	penalty := float64(min(rows, cols))*cmax + 1
+	if penalty > math.MaxFloat64/4 {
+		out.reset(0)
+		return fmt.Errorf("%w: largest feasible cost %v is too large to rank assignments", ErrInvalidCost, cmax)
+	}
+	s.grow(rows, cols)
+
+	n := cols + rows // real columns, then row i's slack at cols+i
+	for i := range rows {
+		s.u[i] = 0
+		s.col4row[i] = -1
+	}
+	for j := range n {
+		s.v[j] = 0
+		s.row4col[j] = -1
+	}
+	// Park rows that have no feasible pair on their slack: u = P keeps the
+	// slack's reduced cost at 0 and no other row can reach them.
+	for i := range rows {
+		feasible := false
+		for _, c := range m.Cost[i*cols : (i+1)*cols] {
+			if c <= limit {
+				feasible = true
+				break
+			}
+		}
+		if !feasible {
+			s.u[i] = penalty
+			s.col4row[i] = int32(cols + i)
+			s.row4col[cols+i] = int32(i)
+		}
+	}
+
+	for cur := range rows {
+		if s.col4row[cur] >= 0 {
+			continue
+		}
+		sink, minVal := s.search(m, limit, penalty, cur)
+		if sink < 0 {
+			// Unreachable: the row's own slack is always a free column.
+			return fmt.Errorf("matcher: assignment search found no free column for row %d", cur)
+		}
+		// Dual update over the rows and columns this search touched.
+		s.u[cur] += minVal
+		for _, i := range s.rowsHit {
+			if int(i) != cur {
+				s.u[i] += minVal - s.spc[s.col4row[i]]
+			}
+		}
+		for _, j := range s.colsHit {
+			s.v[j] -= minVal - s.spc[j]
+		}
+		// Flip the augmenting path.
+		for j := int32(sink); ; {
+			i := s.path[j]
+			s.row4col[j] = i
+			j, s.col4row[i] = s.col4row[i], j
+			if int(i) == cur {
+				break
+			}
+		}
+	}
+
+	for i := range rows {
+		if j := int(s.col4row[i]); j < cols {
+			out.Col[i] = j
+			out.Assigned++
+			out.Total += m.Cost[i*cols+j]
+		}
+	}
+	return nil
+}
+
+// search runs one Dijkstra over reduced costs from row cur and returns the
+// free column it reached (or -1) and the path's length. It leaves the rows
+// and columns it touched in rowsHit and colsHit.
+func (s *Solver) search(m *CostMatrix, limit, penalty float64, cur int) (int, float64) {
+	cols := m.Cols
+	s.remaining = s.remaining[:0]
+	for j := range cols {
+		s.remaining = append(s.remaining, int32(j))
+		s.spc[j] = math.Inf(1)
+	}
+	s.rowsHit, s.colsHit = s.rowsHit[:0], s.colsHit[:0]
+	minVal := 0.0
+	i := cur
+	for {
+		s.rowsHit = append(s.rowsHit, int32(i))
+		slack := cols + i
+		s.spc[slack] = math.Inf(1)
+		s.remaining = append(s.remaining, int32(slack))
+
+		base := minVal - s.u[i]
+		row := m.Cost[i*cols : (i+1)*cols]
+		lowest := math.Inf(1)
+		index := -1
+		for k, j := range s.remaining {
+			var c float64
+			switch {
+			case int(j) < cols:
+				c = row[j]
+				if c > limit {
+					c = math.Inf(1)
+				}
+			case int(j) == slack:
+				c = penalty
+			default:
+				c = math.Inf(1) // another row's slack
+			}
+			if r := base + c - s.v[j]; r < s.spc[j] {
+				s.path[j] = int32(i)
+				s.spc[j] = r
+			}
+			// Ties go to a free column: the search can stop there.
+			if sp := s.spc[j]; sp < lowest || (sp == lowest && s.row4col[j] < 0) {
+				lowest, index = sp, k
+			}
+		}
+		if index < 0 || math.IsInf(lowest, 1) {
+			return -1, 0
+		}
+		minVal = lowest
+		j := s.remaining[index]
+		last := len(s.remaining) - 1
+		s.remaining[index] = s.remaining[last]
+		s.remaining = s.remaining[:last]
+		s.colsHit = append(s.colsHit, j)
+		if s.row4col[j] < 0 {
+			return int(j), minVal
+		}
+		i = int(s.row4col[j])
+	}
+}
+
+func (s *Solver) grow(rows, cols int) {
+	n := rows + cols
+	if cap(s.u) < rows {
+		s.u = make([]float64, rows)
+		s.col4row = make([]int32, rows)
+		s.rowsHit = make([]int32, 0, rows)
+	}
+	if cap(s.v) < n {
+		s.v = make([]float64, n)
+		s.spc = make([]float64, n)
+		s.path = make([]int32, n)
+		s.row4col = make([]int32, n)
+		s.remaining = make([]int32, 0, n)
+		s.colsHit = make([]int32, 0, n)
+	}
+	s.u, s.col4row = s.u[:rows], s.col4row[:rows]
+	s.v, s.spc, s.path, s.row4col = s.v[:n], s.spc[:n], s.path[:n], s.row4col[:n]
+}
+
+// Assign solves m with a fresh [Solver] (maxCost as [Solver.MaxCost]).
+// Loops that solve many windows should keep a Solver instead.
+func Assign(m *CostMatrix, maxCost float64) (Assignment, error) {
+	s := Solver{MaxCost: maxCost}
+	var a Assignment
+	err := s.Solve(m, &a)
+	return a, err
+}
+
+// GreedyAssign is the one-at-a-time policy on the same matrix: rows are
+// taken in order (the caller puts riders in arrival order) and each takes
+// its cheapest free feasible column, ties to the lowest column. taken is
+// scratch space of at least m.Cols entries (nil allocates). The result
+// is what matching riders one by one would have done on this window, for
+// measuring the batched gain.
+func GreedyAssign(m *CostMatrix, maxCost float64, taken []bool, out *Assignment) error {
+	out.reset(0)
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	if math.IsNaN(maxCost) || maxCost < 0 {
+		return fmt.Errorf("%w: maxCost %v", ErrInvalidCost, maxCost)
+	}
+	limit := maxCost
+	if limit == 0 {
+		limit = math.MaxFloat64
+	}
+	if len(taken) < m.Cols {
+		taken = make([]bool, m.Cols)
+	}
+	taken = taken[:m.Cols]
+	clear(taken)
+	out.reset(m.Rows)
+	for i := range m.Rows {
+		best, bestC := -1, math.Inf(1)
+		for j, c := range m.Cost[i*m.Cols : (i+1)*m.Cols] {
+			if c <= limit && c < bestC && !taken[j] {
+				best, bestC = j, c
+			}
+		}
+		if best >= 0 {
+			taken[best] = true
+			out.Col[i] = best
+			out.Assigned++
+			out.Total += bestC
+		}
+	}
+	return nil
+}

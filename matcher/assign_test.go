@@ -1,0 +1,363 @@
+package matcher
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+)
+
+var inF = Infeasible // short for the tables
+
+func costsOf(rows [][]float64) *CostMatrix {
+	cols := 0
+	if len(rows) > 0 {
+		cols = len(rows[0])
+	}
+	m := NewCostMatrix(len(rows), cols)
+	for i, r := range rows {
+		for j, c := range r {
+			m.Set(i, j, c)
+		}
+	}
+	return m
+}
+
+// checkAssignment verifies that a is a valid assignment for m: one column
+// per row at most, each column once, feasible pairs only, and the reported
+// count and total recomputed.
+func checkAssignment(t *testing.T, m *CostMatrix, maxCost float64, a *Assignment) {
+	t.Helper()
+	if len(a.Col) != m.Rows {
+		t.Fatalf("assignment has %d rows, matrix %d", len(a.Col), m.Rows)
+	}
+	used := make(map[int]int)
+	n, total := 0, 0.0
+	for i, j := range a.Col {
+		if j == Unassigned {
+			continue
+		}
+		if j < 0 || j >= m.Cols {
+			t.Fatalf("row %d: column %d out of range", i, j)
+		}
+		if other, dup := used[j]; dup {
+			t.Fatalf("column %d given to rows %d and %d", j, other, i)
+		}
+		used[j] = i
+		c := m.At(i, j)
+		if math.IsInf(c, 1) || (maxCost > 0 && c > maxCost) {
+			t.Fatalf("row %d given infeasible column %d (cost %v, max %v)", i, j, c, maxCost)
+		}
+		n++
+		total += c
+	}
+	if n != a.Assigned || !approxEq(total, a.Total) {
+		t.Fatalf("reported assigned=%d total=%v, recomputed %d %v", a.Assigned, a.Total, n, total)
+	}
+}
+
+func approxEq(a, b float64) bool { return math.Abs(a-b) <= 1e-9*(1+math.Abs(a)+math.Abs(b)) }
+
+func TestAssignCrafted(t *testing.T) {
+	tests := []struct {
+		name      string
+		cost      [][]float64
+		maxCost   float64
+		want      []int
+		wantTotal float64
+	}{
+		{name: "empty", cost: [][]float64{}, want: []int{}},
+		{name: "no drivers", cost: [][]float64{{}, {}}, want: []int{-1, -1}},
+		{name: "1x1", cost: [][]float64{{7}}, want: []int{0}, wantTotal: 7},
+		{name: "1xN picks cheapest", cost: [][]float64{{9, 3, 5, 3.5}}, want: []int{1}, wantTotal: 3},
+		{name: "Nx1 cheapest rider wins", cost: [][]float64{{9}, {3}, {5}}, want: []int{-1, 0, -1}, wantTotal: 3},
+		{name: "all infeasible", cost: [][]float64{{inF, inF}, {inF, inF}}, want: []int{-1, -1}},
+		{name: "beyond MaxCost is infeasible", cost: [][]float64{{901, 100}, {200, 950}}, maxCost: 900, want: []int{1, 0}, wantTotal: 300},
+		{name: "at MaxCost is feasible", cost: [][]float64{{900}}, maxCost: 900, want: []int{0}, wantTotal: 900},
+		{
+			// Greedy serves rider 0 first with driver 0 (60 s), leaving
+			// rider 1 with driver 1 (600 s): 660 s. Crossing is 120+130.
+			name: "crossing: greedy is worse",
+			cost: [][]float64{{60, 120}, {130, 600}},
+			want: []int{1, 0}, wantTotal: 250,
+		},
+		{
+			// Greedy gives rider 0 the only driver rider 1 can use and
+			// serves one rider; the optimum serves both.
+			name: "cardinality before cost",
+			cost: [][]float64{{10, 500}, {20, inF}},
+			want: []int{1, 0}, wantTotal: 520,
+		},
+		{
+			name: "more drivers than riders",
+			cost: [][]float64{{5, 1, 9, 9}, {1, 5, 9, 9}},
+			want: []int{1, 0}, wantTotal: 2,
+		},
+		{
+			name: "more riders than drivers",
+			cost: [][]float64{{5, 1}, {1, 5}, {3, 3}},
+			want: []int{1, 0, -1}, wantTotal: 2,
+		},
+		{
+			name: "rider with no feasible driver left out",
+			cost: [][]float64{{inF, inF, inF}, {4, 2, 8}, {3, inF, 1}},
+			want: []int{-1, 1, 2}, wantTotal: 3,
+		},
+		{name: "zero costs, any perfect matching", cost: [][]float64{{0, 0}, {0, 0}}},
+	}
+	var s Solver
+	var a Assignment
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := costsOf(tt.cost)
+			s.MaxCost = tt.maxCost
+			if err := s.Solve(m, &a); err != nil {
+				t.Fatal(err)
+			}
+			checkAssignment(t, m, tt.maxCost, &a)
+			if !approxEq(a.Total, tt.wantTotal) {
+				t.Errorf("total %v, want %v (cols %v)", a.Total, tt.wantTotal, a.Col)
+			}
+			if tt.want == nil {
+				if a.Assigned != len(tt.cost) {
+					t.Fatalf("cols %v, want all rows assigned", a.Col)
+				}
+				return
+			}
+			if len(tt.want) != len(a.Col) {
+				t.Fatalf("cols %v, want %v", a.Col, tt.want)
+			}
+			for i := range tt.want {
+				if a.Col[i] != tt.want[i] {
+					t.Fatalf("cols %v, want %v", a.Col, tt.want)
+				}
+			}
+		})
+	}
+}
+
+func TestGreedyIsWorseOnCrossing(t *testing.T) {
+	m := costsOf([][]float64{{60, 120}, {130, 600}})
+	var g, o Assignment
+	if err := GreedyAssign(m, 0, nil, &g); err != nil {
+		t.Fatal(err)
+	}
+	if err := (&Solver{}).Solve(m, &o); err != nil {
+		t.Fatal(err)
+	}
+	checkAssignment(t, m, 0, &g)
+	if g.Col[0] != 0 || g.Col[1] != 1 || g.Total != 660 {
+		t.Fatalf("greedy %v total %v, want [0 1] 660", g.Col, g.Total)
+	}
+	if o.Total != 250 || o.Total >= g.Total {
+		t.Fatalf("optimal total %v, want 250 < greedy %v", o.Total, g.Total)
+	}
+
+	// Cardinality: greedy serves one rider where two can be served.
+	m = costsOf([][]float64{{10, 500}, {20, inF}})
+	if err := GreedyAssign(m, 0, nil, &g); err != nil {
+		t.Fatal(err)
+	}
+	if g.Assigned != 1 {
+		t.Fatalf("greedy assigned %d, want 1", g.Assigned)
+	}
+}
+
+func TestAssignRejectsBadInput(t *testing.T) {
+	tests := []struct {
+		name    string
+		m       *CostMatrix
+		maxCost float64
+		want    error
+	}{
+		{"NaN", costsOf([][]float64{{1, math.NaN()}}), 0, ErrInvalidCost},
+		{"negative", costsOf([][]float64{{1}, {-0.5}}), 0, ErrInvalidCost},
+		{"-Inf", costsOf([][]float64{{math.Inf(-1)}}), 0, ErrInvalidCost},
+		{"negative MaxCost", costsOf([][]float64{{1}}), -1, ErrInvalidCost},
+		{"NaN MaxCost", costsOf([][]float64{{1}}), math.NaN(), ErrInvalidCost},
+		{"huge cost", costsOf([][]float64{{math.MaxFloat64 / 2}, {1}}), 0, ErrInvalidCost},
+		{"short slice", &CostMatrix{Rows: 2, Cols: 2, Cost: make([]float64, 3)}, 0, ErrMatrixShape},
+		{"negative rows", &CostMatrix{Rows: -1, Cols: 0}, 0, ErrMatrixShape},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := Assignment{Col: []int{3, 4}}
+			err := (&Solver{MaxCost: tt.maxCost}).Solve(tt.m, &a)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Solve error %v, want %v", err, tt.want)
+			}
+			if len(a.Col) != 0 || a.Assigned != 0 {
+				t.Fatalf("failed Solve left %+v", a)
+			}
+			if tt.name == "huge cost" {
+				return // greedy has no penalty to overflow
+			}
+			if err := GreedyAssign(tt.m, tt.maxCost, nil, &a); !errors.Is(err, tt.want) {
+				t.Fatalf("GreedyAssign error %v, want %v", err, tt.want)
+			}
+		})
+	}
+	err := (&Solver{}).Solve(costsOf([][]float64{{1, 2}, {3, math.NaN()}}), &Assignment{})
+	if err == nil || err.Error() != "invalid assignment cost: cost[1][1] = NaN (want a finite cost >= 0 or +Inf)" {
+		t.Fatalf("error does not name the cell: %v", err)
+	}
+}
+
+// bruteForceAssign enumerates every partial assignment of m and returns the best
+// by (most rows assigned, then least total).
+func bruteForceAssign(m *CostMatrix, maxCost float64) (int, float64) {
+	feasible := func(c float64) bool { return !math.IsInf(c, 1) && (maxCost == 0 || c <= maxCost) }
+	bestN, bestT := -1, 0.0
+	used := make([]bool, m.Cols)
+	var rec func(i, n int, t float64)
+	rec = func(i, n int, t float64) {
+		if i == m.Rows {
+			if n > bestN || (n == bestN && t < bestT) {
+				bestN, bestT = n, t
+			}
+			return
+		}
+		rec(i+1, n, t) // row i unassigned
+		for j := range m.Cols {
+			if c := m.At(i, j); !used[j] && feasible(c) {
+				used[j] = true
+				rec(i+1, n+1, t+c)
+				used[j] = false
+			}
+		}
+	}
+	rec(0, 0, 0)
+	return bestN, bestT
+}
+
+// assignSeed returns SEED from the environment or a fresh one, and logs it
+// so that a failure can be replayed.
+func assignSeed(t *testing.T) uint64 {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("SEED=%q: %v", s, err)
+		}
+		seed = v
+	}
+	t.Logf("seed %d (replay with SEED=%d)", seed, seed)
+	return seed
+}
+
+// randomCosts fills a rows x cols matrix with a mix of cost styles: small
+// integers (many ties), wide floats, and a share of infeasible pairs.
+func randomCosts(rng *rand.Rand, rows, cols int) *CostMatrix {
+	m := NewCostMatrix(rows, cols)
+	pInf := []float64{0, 0.2, 0.5, 0.9}[rng.IntN(4)]
+	ints := rng.IntN(2) == 0
+	for k := range m.Cost {
+		switch {
+		case rng.Float64() < pInf:
+			m.Cost[k] = Infeasible
+		case ints:
+			m.Cost[k] = float64(rng.IntN(10))
+		default:
+			m.Cost[k] = rng.Float64() * 1200
+		}
+	}
+	return m
+}
+
+func TestAssignMatchesBruteForce(t *testing.T) {
+	seed := assignSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 0))
+	var s Solver // reused across cases: stale buffers must not leak
+	var a, g Assignment
+	cases := 20000
+	if testing.Short() {
+		cases = 1000
+	}
+	for c := range cases {
+		rows, cols := rng.IntN(8)+1, rng.IntN(8)+1
+		if rows*cols > 42 { // keep the 8x8 enumerations rare
+			rows, cols = rng.IntN(6)+1, rng.IntN(8)+1
+		}
+		m := randomCosts(rng, rows, cols)
+		maxCost := 0.0
+		if rng.IntN(3) == 0 {
+			maxCost = []float64{5, 600}[rng.IntN(2)]
+		}
+		s.MaxCost = maxCost
+		if err := s.Solve(m, &a); err != nil {
+			t.Fatalf("case %d: %v", c, err)
+		}
+		checkAssignment(t, m, maxCost, &a)
+		wantN, wantT := bruteForceAssign(m, maxCost)
+		if a.Assigned != wantN || !approxEq(a.Total, wantT) {
+			t.Fatalf("case %d (%dx%d, max %v): solver assigned %d total %v, brute force %d total %v\ncost %v\ncols %v",
+				c, rows, cols, maxCost, a.Assigned, a.Total, wantN, wantT, m.Cost, a.Col)
+		}
+		if err := GreedyAssign(m, maxCost, nil, &g); err != nil {
+			t.Fatal(err)
+		}
+		checkAssignment(t, m, maxCost, &g)
+		if g.Assigned > a.Assigned || (g.Assigned == a.Assigned && g.Total < a.Total-1e-9) {
+			t.Fatalf("case %d: greedy (%d, %v) beats optimal (%d, %v)", c, g.Assigned, g.Total, a.Assigned, a.Total)
+		}
+	}
+	// A few full 8x8 and 8xN/Nx8 shapes.
+	for _, shape := range [][2]int{{8, 8}, {8, 3}, {3, 8}, {8, 1}, {1, 8}} {
+		for range 4 {
+			m := randomCosts(rng, shape[0], shape[1])
+			s.MaxCost = 0
+			if err := s.Solve(m, &a); err != nil {
+				t.Fatal(err)
+			}
+			checkAssignment(t, m, 0, &a)
+			if n, tot := bruteForceAssign(m, 0); a.Assigned != n || !approxEq(a.Total, tot) {
+				t.Fatalf("%v: solver (%d, %v), brute force (%d, %v)\ncost %v", shape, a.Assigned, a.Total, n, tot, m.Cost)
+			}
+		}
+	}
+}
+
+// TestAssignReuseLargerThenSmaller checks that a Solver carries nothing
+// over between windows of different shapes.
+func TestAssignReuseLargerThenSmaller(t *testing.T) {
+	seed := assignSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	var s Solver
+	var a Assignment
+	for _, shape := range [][2]int{{40, 30}, {3, 5}, {30, 40}, {1, 1}, {0, 5}, {7, 7}} {
+		m := randomCosts(rng, shape[0], shape[1])
+		if err := s.Solve(m, &a); err != nil {
+			t.Fatal(err)
+		}
+		checkAssignment(t, m, 0, &a)
+		b, err := Assign(m, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Assigned != b.Assigned || !approxEq(a.Total, b.Total) {
+			t.Fatalf("%v: reused solver (%d, %v), fresh (%d, %v)", shape, a.Assigned, a.Total, b.Assigned, b.Total)
+		}
+	}
+}
+
+func TestAssignAllocations(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 3))
+	m := randomCosts(rng, 60, 50)
+	var s Solver
+	var a Assignment
+	if err := s.Solve(m, &a); err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(20, func() {
+		if err := s.Solve(m, &a); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("Solve with warm buffers allocates %v times", allocs)
+	}
+}
