@@ -134,21 +134,22 @@ type Event struct {
 
 // Ride is a ride's read model.
 type Ride struct {
-	ID      RideID
-	Rider   RiderID
-	Pickup  geo.LatLng
-	Dropoff geo.LatLng
-	State   State
+	ID      RideID     `json:"id"`
+	Rider   RiderID    `json:"rider"`
+	Pickup  geo.LatLng `json:"pickup"`
+	Dropoff geo.LatLng `json:"dropoff"`
+	State   State      `json:"state"`
 	// Driver is the driver currently offered or assigned; empty while
 	// searching.
-	Driver positions.DriverID
+	Driver positions.DriverID `json:"driver,omitempty"`
 	// Offers counts offers made; Declines counts declines and timeouts.
-	Offers, Declines int
+	Offers   int `json:"offers"`
+	Declines int `json:"declines"`
 	// Version increases with every applied event, so writers can
 	// compare-and-set and readers can order snapshots.
-	Version   uint64
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	Version   uint64    `json:"version"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // NewRide returns a ride in state requested after validating its fields.

@@ -1,0 +1,211 @@
+package dispatch
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Store errors.
+var (
+	// ErrRideNotFound: no such ride (or it aged out after ending).
+	ErrRideNotFound = errors.New("ride not found")
+	// ErrIdempotencyMismatch: an Idempotency-Key was reused for a different
+	// request.
+	ErrIdempotencyMismatch = errors.New("idempotency key reused with a different request")
+	// ErrConflict: a compare-and-set kept losing to concurrent writers.
+	ErrConflict = errors.New("ride changed concurrently")
+	// ErrStoreUnavailable wraps failures to reach Redis; the API answers
+	// 503 with Retry-After.
+	ErrStoreUnavailable = errors.New("ride store unavailable")
+)
+
+// StoreConfig configures a RideStore.
+type StoreConfig struct {
+	// Prefix starts every key, so several deployments can share a Redis.
+	Prefix string
+	// EndedTTL is how long a ride stays readable after it ends.
+	EndedTTL time.Duration
+	// MaxCASRetries bounds Update's compare-and-set attempts.
+	MaxCASRetries int
+}
+
+// DefaultStoreConfig returns the defaults: prefix "hexd:", ended rides kept
+// a day, 8 CAS attempts.
+func DefaultStoreConfig() StoreConfig {
+	return StoreConfig{Prefix: "hexd:", EndedTTL: 24 * time.Hour, MaxCASRetries: 8}
+}
+
+// Validate checks c.
+func (c StoreConfig) Validate() error {
+	if c.EndedTTL < time.Second || c.MaxCASRetries < 1 || strings.ContainsAny(c.Prefix, "{} ") {
+		return fmt.Errorf("store config: EndedTTL %v must be >= 1s, MaxCASRetries %d >= 1, prefix %q without braces or spaces",
+			c.EndedTTL, c.MaxCASRetries, c.Prefix)
+	}
+	return nil
+}
+
+// RideStore is the rides' read model in Redis. A ride is one hash,
+// {prefix}ride:{<id>} with fields v (version), data (the ride as JSON) and
+// req (a fingerprint of the request that created it). Every write is a
+// compare-and-set on v in a script, so concurrent writers never lose an
+// update, and one key per ride keeps it correct on Redis Cluster.
+//
+// Idempotent creation needs no second key: a ride created with an
+// Idempotency-Key gets an ID derived from (rider, key), so a retry finds the
+// same ride, and the fingerprint tells a retry from a different request
+// reusing the key.
+//
+// Safe for concurrent use; all state lives in Redis.
+type RideStore struct {
+	rdb redis.UniversalClient
+	cfg StoreConfig
+}
+
+// NewRideStore returns a store over rdb.
+func NewRideStore(rdb redis.UniversalClient, cfg StoreConfig) (*RideStore, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if rdb == nil {
+		return nil, errors.New("store config: nil redis client")
+	}
+	return &RideStore{rdb: rdb, cfg: cfg}, nil
+}
+
+func (s *RideStore) key(id RideID) string { return s.cfg.Prefix + "ride:{" + string(id) + "}" }
+
+// IdempotentID derives the ride ID for rider's Idempotency-Key.
+func IdempotentID(rider RiderID, key string) RideID {
+	sum := sha256.Sum256([]byte(string(rider) + "\x00" + key))
+	return RideID("r" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:15])))
+}
+
+// RequestFingerprint is what must match for a retry under one
+// Idempotency-Key.
+func RequestFingerprint(r Ride) string {
+	return fmt.Sprintf("%s|%s|%s", r.Rider, r.Pickup, r.Dropoff)
+}
+
+var createScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, redis.call('HGET', KEYS[1], 'data'), redis.call('HGET', KEYS[1], 'req')}
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'data', ARGV[2], 'req', ARGV[3])
+return {1}
+`)
+
+// Create stores r (version 1) unless a ride with its ID exists. It returns
+// the stored ride and whether this call created it. When the ID exists and
+// was created by a different request, it returns ErrIdempotencyMismatch.
+func (s *RideStore) Create(ctx context.Context, r Ride) (Ride, bool, error) {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return Ride{}, false, err
+	}
+	fp := RequestFingerprint(r)
+	res, err := createScript.Run(ctx, s.rdb, []string{s.key(r.ID)}, r.Version, data, fp).Slice()
+	if err != nil {
+		return Ride{}, false, s.unavailable("create", err)
+	}
+	if created, _ := res[0].(int64); created == 1 {
+		return r, true, nil
+	}
+	if len(res) < 3 {
+		return Ride{}, false, fmt.Errorf("ride store: create %s: malformed reply", r.ID)
+	}
+	if reqFP, _ := res[2].(string); reqFP != fp {
+		return Ride{}, false, fmt.Errorf("%w: ride %s", ErrIdempotencyMismatch, r.ID)
+	}
+	existing, err := decodeRide(res[1])
+	return existing, false, err
+}
+
+// Get returns ride id.
+func (s *RideStore) Get(ctx context.Context, id RideID) (Ride, error) {
+	v, err := s.rdb.HGet(ctx, s.key(id), "data").Result()
+	if errors.Is(err, redis.Nil) {
+		return Ride{}, fmt.Errorf("%w: %s", ErrRideNotFound, id)
+	}
+	if err != nil {
+		return Ride{}, s.unavailable("get", err)
+	}
+	return decodeRide(v)
+}
+
+var casScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then return -1 end
+if v ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'data', ARGV[3])
+if ARGV[4] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+return 1
+`)
+
+// Update reads ride id, applies fn to a copy and writes it back if nobody
+// wrote in between, retrying on conflict. fn returns an error to abort (an
+// illegal transition, say); it may run more than once. Update bumps
+// nothing itself: fn applies events, which bump the version. A ride that
+// reaches a terminal state expires EndedTTL later.
+func (s *RideStore) Update(ctx context.Context, id RideID, fn func(*Ride) error) (Ride, error) {
+	for range s.cfg.MaxCASRetries {
+		cur, err := s.Get(ctx, id)
+		if err != nil {
+			return Ride{}, err
+		}
+		next := cur
+		if err := fn(&next); err != nil {
+			return cur, err
+		}
+		if next.Version == cur.Version {
+			return cur, nil // nothing changed
+		}
+		data, err := json.Marshal(next)
+		if err != nil {
+			return Ride{}, err
+		}
+		ttl := int64(0)
+		if next.State.Terminal() {
+			ttl = s.cfg.EndedTTL.Milliseconds()
+		}
+		ok, err := casScript.Run(ctx, s.rdb, []string{s.key(id)},
+			strconv.FormatUint(cur.Version, 10), strconv.FormatUint(next.Version, 10), data, ttl).Int()
+		switch {
+		case err != nil:
+			return Ride{}, s.unavailable("update", err)
+		case ok == 1:
+			return next, nil
+		case ok == -1:
+			return Ride{}, fmt.Errorf("%w: %s", ErrRideNotFound, id)
+		}
+		// ok == 0: someone else wrote; read again.
+	}
+	return Ride{}, fmt.Errorf("%w: ride %s after %d attempts", ErrConflict, id, s.cfg.MaxCASRetries)
+}
+
+func decodeRide(v any) (Ride, error) {
+	str, ok := v.(string)
+	if !ok {
+		return Ride{}, fmt.Errorf("ride store: stored ride is %T, not a string", v)
+	}
+	var r Ride
+	if err := json.Unmarshal([]byte(str), &r); err != nil {
+		return Ride{}, fmt.Errorf("ride store: decoding stored ride: %w", err)
+	}
+	return r, nil
+}
+
+func (s *RideStore) unavailable(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("ride store %s: %w", op, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrStoreUnavailable, op, err)
+}
