@@ -25,6 +25,9 @@ type config struct {
 	role            string
 	shutdownTimeout time.Duration
 	logLevel        string
+	kafka           string        // comma-separated brokers; empty = in-process kfake
+	partitions      int           // partitions of the positions topic
+	ttl             time.Duration // driver TTL, also the rebuild window
 }
 
 var roles = []string{"all", "api", "worker"}
@@ -37,6 +40,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.role, "role", "all", "process role: "+strings.Join(roles, " | "))
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug | info | warn | error")
+	fs.StringVar(&c.kafka, "kafka", "", "comma-separated Kafka brokers (host:port); empty starts an in-process Kafka (kfake)")
+	fs.IntVar(&c.partitions, "partitions", 16, "partitions of the driver-positions topic (every gateway and worker must agree)")
+	fs.DurationVar(&c.ttl, "ttl", 30*time.Second, "a driver silent this long disappears; also the window a worker replays to rebuild a partition")
 	if err := applyEnv(fs); err != nil {
 		return c, err
 	}
@@ -48,6 +54,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if !contains(roles, c.role) {
 		return c, fmt.Errorf("-role %q: want one of %s", c.role, strings.Join(roles, ", "))
+	}
+	if c.partitions < 1 || c.partitions > 1<<16 {
+		return c, fmt.Errorf("-partitions %d: want 1..65536", c.partitions)
+	}
+	if c.ttl <= 0 {
+		return c, fmt.Errorf("-ttl %v: must be positive", c.ttl)
 	}
 	if c.shutdownTimeout <= 0 {
 		return c, fmt.Errorf("-shutdown-timeout %v: must be positive", c.shutdownTimeout)
@@ -105,11 +117,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	in, err := newIngest(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer in.close()
+	in.register(reg)
+
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
 	})
+	mux.HandleFunc("GET /readyz", in.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 
 	ln, err := net.Listen("tcp", cfg.addr)
@@ -128,6 +148,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log.Info("started", "role", cfg.role, "addr", ln.Addr().String())
 
 	g, gctx := errgroup.WithContext(ctx)
+	in.run(gctx, g)
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
