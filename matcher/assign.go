@@ -145,9 +145,11 @@ type Solver struct {
 	path      []int32   // row preceding each column on the shortest path
 	col4row   []int32
 	row4col   []int32
-	remaining []int32 // columns not yet reached by the current search
-	rowsHit   []int32 // rows reached by the current search, for the dual update
-	colsHit   []int32 // columns settled by the current search
+	cost      []float64 // the matrix with pairs above MaxCost set to +Inf
+	remaining []int32   // real columns not yet settled by the current search
+	slacks    []int32   // slack columns reached but not settled
+	rowsHit   []int32   // rows reached by the current search, for the dual update
+	colsHit   []int32   // columns settled by the current search
 }
 
 // Solve fills out with an optimal assignment for m (see [Solver] for the
@@ -184,28 +186,43 @@ func (s *Solver) Solve(m *CostMatrix, out *Assignment) error {
 	s.grow(rows, cols)
 
 	n := cols + rows // real columns, then row i's slack at cols+i
-	for i := range rows {
-		s.u[i] = 0
-		s.col4row[i] = -1
-	}
 	for j := range n {
 		s.v[j] = 0
 		s.row4col[j] = -1
 	}
-	// Park rows that have no feasible pair on their slack: u = P keeps the
-	// slack's reduced cost at 0 and no other row can reach them.
+	// Work on a copy where every infeasible pair is +Inf, so the search
+	// needs no feasibility branch: an infinite reduced cost never wins.
+	for k, c := range m.Cost {
+		if c > limit {
+			c = math.Inf(1)
+		}
+		s.cost[k] = c
+	}
+	// Warm start by row reduction: u[i] = row i's cheapest feasible cost
+	// with v = 0 is dual feasible (slack pairs too, since P > cmax), and a
+	// row whose cheapest column is still free takes it at reduced cost 0.
+	// Free columns keep v = 0, as the rectangular method requires. Rows
+	// with no feasible pair are parked on their slack (u = P); no other
+	// row can reach them.
 	for i := range rows {
-		feasible := false
-		for _, c := range m.Cost[i*cols : (i+1)*cols] {
-			if c <= limit {
-				feasible = true
-				break
+		s.col4row[i] = -1
+		best, bestC := -1, math.Inf(1)
+		for j, c := range s.cost[i*cols : (i+1)*cols] {
+			if c < bestC || (best >= 0 && c == bestC && s.row4col[j] < 0 && s.row4col[best] >= 0) {
+				best, bestC = j, c
 			}
 		}
-		if !feasible {
+		switch {
+		case best < 0:
 			s.u[i] = penalty
 			s.col4row[i] = int32(cols + i)
 			s.row4col[cols+i] = int32(i)
+		case s.row4col[best] < 0:
+			s.u[i] = bestC
+			s.col4row[i] = int32(best)
+			s.row4col[best] = int32(i)
+		default:
+			s.u[i] = bestC
 		}
 	}
 
@@ -213,7 +230,7 @@ func (s *Solver) Solve(m *CostMatrix, out *Assignment) error {
 		if s.col4row[cur] >= 0 {
 			continue
 		}
-		sink, minVal := s.search(m, limit, penalty, cur)
+		sink, minVal := s.search(cols, penalty, cur)
 		if sink < 0 {
 			// Unreachable: the row's own slack is always a free column.
 			return fmt.Errorf("matcher: assignment search found no free column for row %d", cur)
@@ -252,70 +269,81 @@ func (s *Solver) Solve(m *CostMatrix, out *Assignment) error {
 // search runs one Dijkstra over reduced costs from row cur and returns the
 // free column it reached (or -1) and the path's length. It leaves the rows
 // and columns it touched in rowsHit and colsHit.
-func (s *Solver) search(m *CostMatrix, limit, penalty float64, cur int) (int, float64) {
-	cols := m.Cols
+func (s *Solver) search(cols int, penalty float64, cur int) (int, float64) {
 	s.remaining = s.remaining[:0]
 	for j := range cols {
 		s.remaining = append(s.remaining, int32(j))
 		s.spc[j] = math.Inf(1)
 	}
+	s.slacks = s.slacks[:0]
 	s.rowsHit, s.colsHit = s.rowsHit[:0], s.colsHit[:0]
+	spc, v, path, row4col := s.spc, s.v, s.path, s.row4col
 	minVal := 0.0
 	i := cur
 	for {
 		s.rowsHit = append(s.rowsHit, int32(i))
-		slack := cols + i
-		s.spc[slack] = math.Inf(1)
-		s.remaining = append(s.remaining, int32(slack))
-
 		base := minVal - s.u[i]
-		row := m.Cost[i*cols : (i+1)*cols]
-		lowest := math.Inf(1)
-		index := -1
+
+		// Real columns: the hot loop.
+		row := s.cost[i*cols : (i+1)*cols]
+		lowest, index, inSlacks := math.Inf(1), -1, false
 		for k, j := range s.remaining {
-			var c float64
-			switch {
-			case int(j) < cols:
-				c = row[j]
-				if c > limit {
-					c = math.Inf(1)
-				}
-			case int(j) == slack:
-				c = penalty
-			default:
-				c = math.Inf(1) // another row's slack
-			}
-			if r := base + c - s.v[j]; r < s.spc[j] {
-				s.path[j] = int32(i)
-				s.spc[j] = r
+			sp := spc[j]
+			if r := base + row[j] - v[j]; r < sp {
+				path[j] = int32(i)
+				spc[j] = r
+				sp = r
 			}
 			// Ties go to a free column: the search can stop there.
-			if sp := s.spc[j]; sp < lowest || (sp == lowest && s.row4col[j] < 0) {
+			if sp < lowest || (sp == lowest && row4col[j] < 0) {
 				lowest, index = sp, k
+			}
+		}
+		// Slack columns: row i's own joins now (only row i can use it);
+		// those of rows reached earlier keep their cost. All are free.
+		slack := int32(cols + i)
+		spc[slack] = base + penalty - v[slack]
+		path[slack] = int32(i)
+		s.slacks = append(s.slacks, slack)
+		lowestFree := index >= 0 && row4col[s.remaining[index]] < 0
+		for k, j := range s.slacks {
+			if sp := spc[j]; sp < lowest || (sp == lowest && !lowestFree) {
+				lowest, index, inSlacks = sp, k, true
 			}
 		}
 		if index < 0 || math.IsInf(lowest, 1) {
 			return -1, 0
 		}
 		minVal = lowest
-		j := s.remaining[index]
-		last := len(s.remaining) - 1
-		s.remaining[index] = s.remaining[last]
-		s.remaining = s.remaining[:last]
+		var j int32
+		if inSlacks {
+			j = s.slacks[index]
+			s.slacks[index] = s.slacks[len(s.slacks)-1]
+			s.slacks = s.slacks[:len(s.slacks)-1]
+		} else {
+			j = s.remaining[index]
+			s.remaining[index] = s.remaining[len(s.remaining)-1]
+			s.remaining = s.remaining[:len(s.remaining)-1]
+		}
 		s.colsHit = append(s.colsHit, j)
-		if s.row4col[j] < 0 {
+		if row4col[j] < 0 {
 			return int(j), minVal
 		}
-		i = int(s.row4col[j])
+		i = int(row4col[j])
 	}
 }
 
 func (s *Solver) grow(rows, cols int) {
 	n := rows + cols
+	if cap(s.cost) < rows*cols {
+		s.cost = make([]float64, rows*cols)
+	}
+	s.cost = s.cost[:rows*cols]
 	if cap(s.u) < rows {
 		s.u = make([]float64, rows)
 		s.col4row = make([]int32, rows)
 		s.rowsHit = make([]int32, 0, rows)
+		s.slacks = make([]int32, 0, rows)
 	}
 	if cap(s.v) < n {
 		s.v = make([]float64, n)

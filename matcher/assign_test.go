@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/hexdispatch/hexdispatch/geo"
 )
 
 var inF = Infeasible // short for the tables
@@ -359,5 +361,79 @@ func TestAssignAllocations(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("Solve with warm buffers allocates %v times", allocs)
+	}
+}
+
+// benchCity is San Francisco's bounding box, where the benchmark scatters
+// riders and drivers uniformly.
+var benchCity = geo.BBox{MinLat: 37.70, MinLng: -122.52, MaxLat: 37.81, MaxLng: -122.36}
+
+func cityPoint(rng *rand.Rand, b geo.BBox) geo.LatLng {
+	return geo.LatLng{
+		Lat: b.MinLat + rng.Float64()*(b.MaxLat-b.MinLat),
+		Lng: b.MinLng + rng.Float64()*(b.MaxLng-b.MinLng),
+	}
+}
+
+// cityCosts is a rows x cols matrix of pickup ETAs in seconds between
+// riders and drivers scattered over b, with geo.DefaultETA; pairs beyond
+// maxETA are left to the solver's MaxCost.
+func cityCosts(rng *rand.Rand, b geo.BBox, rows, cols int) *CostMatrix {
+	m := NewCostMatrix(rows, cols)
+	drivers := make([]geo.LatLng, cols)
+	for j := range drivers {
+		drivers[j] = cityPoint(rng, b)
+	}
+	for i := range rows {
+		p := cityPoint(rng, b)
+		for j, d := range drivers {
+			m.Set(i, j, geo.DefaultETA.ETA(d, p).Seconds())
+		}
+	}
+	return m
+}
+
+// BenchmarkAssign solves riders x drivers windows. greedy/opt_mean_eta is
+// the greedy policy's mean pickup ETA over the optimal one on the same
+// matrix; the assigned metrics say how many riders each served (the
+// optimum serves at least as many, so compare the two together).
+func BenchmarkAssign(b *testing.B) {
+	const maxETA = 15 * 60.0
+	for _, bc := range []struct {
+		name string
+		gen  func(rng *rand.Rand, n int) *CostMatrix
+	}{
+		{"city", func(rng *rand.Rand, n int) *CostMatrix { return cityCosts(rng, benchCity, n, n) }},
+		{"city-small-bbox", func(rng *rand.Rand, n int) *CostMatrix {
+			// a 3 km x 3 km downtown: every pair feasible, heavy contention
+			return cityCosts(rng, geo.BBox{MinLat: 37.775, MinLng: -122.42, MaxLat: 37.802, MaxLng: -122.386}, n, n)
+		}},
+		{"dense-random", func(rng *rand.Rand, n int) *CostMatrix {
+			m := NewCostMatrix(n, n)
+			for k := range m.Cost {
+				m.Cost[k] = rng.Float64() * maxETA
+			}
+			return m
+		}},
+	} {
+		for _, n := range []int{100, 500} {
+			b.Run(bc.name+"/"+strconv.Itoa(n)+"x"+strconv.Itoa(n), func(b *testing.B) {
+				m := bc.gen(rand.New(rand.NewPCG(42, uint64(n))), n)
+				s := Solver{MaxCost: maxETA}
+				var a, g Assignment
+				if err := GreedyAssign(m, maxETA, nil, &g); err != nil {
+					b.Fatal(err)
+				}
+				b.ResetTimer()
+				for b.Loop() {
+					if err := s.Solve(m, &a); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(g.Mean()/a.Mean(), "greedy/opt_mean_eta")
+				b.ReportMetric(float64(a.Assigned), "opt_assigned")
+				b.ReportMetric(float64(g.Assigned), "greedy_assigned")
+			})
+		}
 	}
 }
