@@ -57,7 +57,9 @@ func (c StoreConfig) Validate() error {
 // {prefix}ride:{<id>} with fields v (version), data (the ride as JSON) and
 // req (a fingerprint of the request that created it). Every write is a
 // compare-and-set on v in a script, so concurrent writers never lose an
-// update, and one key per ride keeps it correct on Redis Cluster.
+// update; the same script appends the transition to the ride's outbox list
+// {prefix}outbox:{<id>}, which the Relay moves to Kafka. Both keys share
+// the ride's hash tag, so this stays atomic on Redis Cluster.
 //
 // Idempotent creation needs no second key: a ride created with an
 // Idempotency-Key gets an ID derived from (rider, key), so a retry finds the
@@ -83,6 +85,10 @@ func NewRideStore(rdb redis.UniversalClient, cfg StoreConfig) (*RideStore, error
 
 func (s *RideStore) key(id RideID) string { return s.cfg.Prefix + "ride:{" + string(id) + "}" }
 
+// outboxKey is the ride's list of events not yet in Kafka. It shares the
+// ride key's hash tag, so one script writes both.
+func (s *RideStore) outboxKey(id RideID) string { return s.cfg.Prefix + "outbox:{" + string(id) + "}" }
+
 // IdempotentID derives the ride ID for rider's Idempotency-Key.
 func IdempotentID(rider RiderID, key string) RideID {
 	sum := sha256.Sum256([]byte(string(rider) + "\x00" + key))
@@ -100,6 +106,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'data'), redis.call('HGET', KEYS[1], 'req')}
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'data', ARGV[2], 'req', ARGV[3])
+redis.call('RPUSH', KEYS[2], ARGV[4])
 return {1}
 `)
 
@@ -112,7 +119,11 @@ func (s *RideStore) Create(ctx context.Context, r Ride) (Ride, bool, error) {
 		return Ride{}, false, err
 	}
 	fp := RequestFingerprint(r)
-	res, err := createScript.Run(ctx, s.rdb, []string{s.key(r.ID)}, r.Version, data, fp).Slice()
+	ev, err := json.Marshal(NewRideEvent(r, "requested", 0))
+	if err != nil {
+		return Ride{}, false, err
+	}
+	res, err := createScript.Run(ctx, s.rdb, []string{s.key(r.ID), s.outboxKey(r.ID)}, r.Version, data, fp, ev).Slice()
 	if err != nil {
 		return Ride{}, false, s.unavailable("create", err)
 	}
@@ -146,29 +157,32 @@ local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return -1 end
 if v ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'data', ARGV[3])
+redis.call('RPUSH', KEYS[2], ARGV[5])
 if ARGV[4] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 return 1
 `)
 
-// Update reads ride id, applies fn to a copy and writes it back if nobody
-// wrote in between, retrying on conflict. fn returns an error to abort (an
-// illegal transition, say); it may run more than once. Update bumps
-// nothing itself: fn applies events, which bump the version. A ride that
-// reaches a terminal state expires EndedTTL later.
-func (s *RideStore) Update(ctx context.Context, id RideID, fn func(*Ride) error) (Ride, error) {
+// Apply applies ev to ride id and stores the result if nobody wrote in
+// between, retrying on conflict; an illegal event returns
+// ErrIllegalTransition with the ride as it is. The transition's RideEvent
+// is appended to the ride's outbox in the same atomic step, so the event
+// log (see Relay) never misses a transition the read model shows. A ride
+// that reaches a terminal state expires EndedTTL later.
+func (s *RideStore) Apply(ctx context.Context, id RideID, ev Event) (Ride, error) {
 	for range s.cfg.MaxCASRetries {
 		cur, err := s.Get(ctx, id)
 		if err != nil {
 			return Ride{}, err
 		}
 		next := cur
-		if err := fn(&next); err != nil {
+		if err := next.Apply(ev); err != nil {
 			return cur, err
 		}
-		if next.Version == cur.Version {
-			return cur, nil // nothing changed
-		}
 		data, err := json.Marshal(next)
+		if err != nil {
+			return Ride{}, err
+		}
+		out, err := json.Marshal(NewRideEvent(next, ev.Kind.String(), cur.State))
 		if err != nil {
 			return Ride{}, err
 		}
@@ -176,8 +190,8 @@ func (s *RideStore) Update(ctx context.Context, id RideID, fn func(*Ride) error)
 		if next.State.Terminal() {
 			ttl = s.cfg.EndedTTL.Milliseconds()
 		}
-		ok, err := casScript.Run(ctx, s.rdb, []string{s.key(id)},
-			strconv.FormatUint(cur.Version, 10), strconv.FormatUint(next.Version, 10), data, ttl).Int()
+		ok, err := casScript.Run(ctx, s.rdb, []string{s.key(id), s.outboxKey(id)},
+			strconv.FormatUint(cur.Version, 10), strconv.FormatUint(next.Version, 10), data, ttl, out).Int()
 		switch {
 		case err != nil:
 			return Ride{}, s.unavailable("update", err)

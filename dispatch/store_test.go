@@ -36,7 +36,7 @@ func TestStoreCreateIsIdempotent(t *testing.T) {
 		t.Fatalf("first create: %+v %v %v", got, created, err)
 	}
 	// The retry finds the same ride, even after it moved on.
-	if _, err := s.Update(ctx, id, func(r *dispatch.Ride) error { return r.Apply(dispatch.Event{Kind: dispatch.EvSearch, At: t0}) }); err != nil {
+	if _, err := s.Apply(ctx, id, dispatch.Event{Kind: dispatch.EvSearch, At: t0}); err != nil {
 		t.Fatal(err)
 	}
 	again, created, err := s.Create(ctx, r)
@@ -60,7 +60,7 @@ func TestStoreConcurrentUpdatesLoseNothing(t *testing.T) {
 	if _, _, err := s.Create(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	s.Update(ctx, r.ID, func(r *dispatch.Ride) error { return r.Apply(dispatch.Event{Kind: dispatch.EvSearch}) })
+	s.Apply(ctx, r.ID, dispatch.Event{Kind: dispatch.EvSearch})
 	// Many writers race to make the one offer; exactly one wins, the rest
 	// see an illegal transition after re-reading.
 	const n = 16
@@ -71,9 +71,7 @@ func TestStoreConcurrentUpdatesLoseNothing(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := s.Update(ctx, r.ID, func(r *dispatch.Ride) error {
-				return r.Apply(dispatch.Event{Kind: dispatch.EvOffer, Driver: positions.DriverID("d" + string(rune('a'+i)))})
-			})
+			_, err := s.Apply(ctx, r.ID, dispatch.Event{Kind: dispatch.EvOffer, Driver: positions.DriverID("d" + string(rune('a'+i)))})
 			if err == nil {
 				mu.Lock()
 				wins++
@@ -95,7 +93,7 @@ func TestStoreEndedRidesExpire(t *testing.T) {
 	ctx := context.Background()
 	r, _ := dispatch.NewRide("r-end", "u1", pickup, dropoff, t0)
 	s.Create(ctx, r)
-	if _, err := s.Update(ctx, r.ID, func(r *dispatch.Ride) error { return r.Apply(dispatch.Event{Kind: dispatch.EvRiderCancel}) }); err != nil {
+	if _, err := s.Apply(ctx, r.ID, dispatch.Event{Kind: dispatch.EvRiderCancel}); err != nil {
 		t.Fatal(err)
 	}
 	ttl, err := srv.Client(t).PTTL(ctx, "hexd:ride:{r-end}").Result()

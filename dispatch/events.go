@@ -1,0 +1,222 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// DefaultRideEventsTopic is the Kafka topic of ride transitions.
+const DefaultRideEventsTopic = "ride-events"
+
+// RideEventVersion is the schema version of RideEvent records.
+const RideEventVersion = 1
+
+// RideEvent is one ride transition as it goes to the ride-events topic,
+// keyed by ride ID so a ride's events stay in order in one partition.
+// Delivery is at-least-once: consumers drop an event whose (ride, version)
+// they have seen.
+type RideEvent struct {
+	V       int                `json:"v"`
+	Ride    RideID             `json:"ride"`
+	Version uint64             `json:"version"`
+	Kind    string             `json:"kind"` // "requested", or the EventKind applied
+	From    State              `json:"from,omitempty"`
+	To      State              `json:"to"`
+	Rider   RiderID            `json:"rider"`
+	Driver  positions.DriverID `json:"driver,omitempty"`
+	At      time.Time          `json:"at"`
+}
+
+// NewRideEvent describes r right after a transition of kind from state
+// from (zero for creation).
+func NewRideEvent(r Ride, kind string, from State) RideEvent {
+	return RideEvent{V: RideEventVersion, Ride: r.ID, Version: r.Version, Kind: kind, From: from, To: r.State,
+		Rider: r.Rider, Driver: r.Driver, At: r.UpdatedAt}
+}
+
+// RelayConfig configures a Relay.
+type RelayConfig struct {
+	Topic string
+	// Batch is the most events moved per round trip.
+	Batch int
+	// ScanEvery is how often the relay sweeps Redis for outboxes it was not
+	// told about (events written by a process that died, or notices it
+	// dropped when its queue was full).
+	ScanEvery time.Duration
+	// Queue bounds the notices waiting; when full, notices are dropped and
+	// the sweep finds those outboxes.
+	Queue  int
+	Logger *slog.Logger
+}
+
+// DefaultRelayConfig returns the defaults.
+func DefaultRelayConfig() RelayConfig {
+	return RelayConfig{Topic: DefaultRideEventsTopic, Batch: 100, ScanEvery: 5 * time.Second, Queue: 4096, Logger: slog.Default()}
+}
+
+// Validate checks c.
+func (c RelayConfig) Validate() error {
+	if c.Topic == "" || c.Batch < 1 || c.ScanEvery <= 0 || c.Queue < 1 || c.Logger == nil {
+		return fmt.Errorf("relay config: want a topic, Batch >= 1, ScanEvery > 0, Queue >= 1 and a logger (got %+v)", c)
+	}
+	return nil
+}
+
+// RelayStats counts what a Relay did.
+type RelayStats struct {
+	Produced, Dropped, Errors uint64
+}
+
+// Relay moves ride events from the rides' Redis outboxes to Kafka, oldest
+// first, and trims each outbox only after Kafka acknowledged what it held,
+// with a compare-and-trim so a concurrent relay can duplicate an event but
+// never drop one.
+//
+// One goroutine (Run) owns the draining; Notify may be called from any
+// goroutine.
+type Relay struct {
+	store *RideStore
+	cl    *kgo.Client
+	cfg   RelayConfig
+	wake  chan RideID
+
+	produced, dropped, errs atomic.Uint64
+}
+
+// NewRelay returns a relay from store to the Kafka client cl (owned by the
+// caller).
+func NewRelay(store *RideStore, cl *kgo.Client, cfg RelayConfig) (*Relay, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Relay{store: store, cl: cl, cfg: cfg, wake: make(chan RideID, cfg.Queue)}, nil
+}
+
+// Notify tells the relay that ride id has new events. It never blocks: a
+// full queue drops the notice (counted) and the sweep catches up.
+func (r *Relay) Notify(id RideID) {
+	select {
+	case r.wake <- id:
+	default:
+		r.dropped.Add(1)
+	}
+}
+
+// Stats returns the counters.
+func (r *Relay) Stats() RelayStats {
+	return RelayStats{Produced: r.produced.Load(), Dropped: r.dropped.Load(), Errors: r.errs.Load()}
+}
+
+// Run drains outboxes until ctx ends: those it is notified of at once, and
+// all of them every ScanEvery (and once at start).
+func (r *Relay) Run(ctx context.Context) error {
+	t := time.NewTicker(r.cfg.ScanEvery)
+	defer t.Stop()
+	r.sweep(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case id := <-r.wake:
+			if err := r.Drain(ctx, id); err != nil && ctx.Err() == nil {
+				r.cfg.Logger.Warn("ride events: drain failed; the sweep retries", "ride", id, "err", err)
+			}
+		case <-t.C:
+			r.sweep(ctx)
+		}
+	}
+}
+
+// sweep drains every outbox in Redis.
+func (r *Relay) sweep(ctx context.Context) {
+	match := r.store.cfg.Prefix + "outbox:*"
+	scan := func(ctx context.Context, c *redis.Client) error {
+		it := c.Scan(ctx, 0, match, 1000).Iterator()
+		for it.Next(ctx) {
+			key := it.Val()
+			i, j := strings.IndexByte(key, '{'), strings.LastIndexByte(key, '}')
+			if i < 0 || j < i {
+				continue
+			}
+			if err := r.Drain(ctx, RideID(key[i+1:j])); err != nil {
+				return err
+			}
+		}
+		return it.Err()
+	}
+	var err error
+	switch c := r.store.rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, scan)
+	case *redis.Client:
+		err = scan(ctx, c)
+	default:
+		err = fmt.Errorf("relay: cannot scan a %T", c)
+	}
+	if err != nil && ctx.Err() == nil {
+		r.errs.Add(1)
+		r.cfg.Logger.Warn("ride events: sweep failed", "err", err)
+	}
+}
+
+var trimScript = redis.NewScript(`
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then
+  redis.call('LTRIM', KEYS[1], tonumber(ARGV[2]), -1)
+  return 1
+end
+return 0
+`)
+
+// Drain moves ride id's pending events to Kafka, in order.
+func (r *Relay) Drain(ctx context.Context, id RideID) error {
+	key := r.store.outboxKey(id)
+	for {
+		evs, err := r.store.rdb.LRange(ctx, key, 0, int64(r.cfg.Batch-1)).Result()
+		if err != nil {
+			r.errs.Add(1)
+			return fmt.Errorf("%w: reading outbox of %s: %w", ErrStoreUnavailable, id, err)
+		}
+		if len(evs) == 0 {
+			return nil
+		}
+		recs := make([]*kgo.Record, len(evs))
+		for i, e := range evs {
+			recs[i] = &kgo.Record{Topic: r.cfg.Topic, Key: []byte(id), Value: []byte(e)}
+		}
+		if err := r.cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+			r.errs.Add(1)
+			return fmt.Errorf("ride events: producing %d events of %s: %w", len(recs), id, err)
+		}
+		r.produced.Add(uint64(len(recs)))
+		if err := trimScript.Run(ctx, r.store.rdb, []string{key}, evs[0], len(evs)).Err(); err != nil && !errors.Is(err, redis.Nil) {
+			r.errs.Add(1)
+			return fmt.Errorf("%w: trimming outbox of %s: %w", ErrStoreUnavailable, id, err)
+		}
+		if len(evs) < r.cfg.Batch {
+			return nil
+		}
+	}
+}
+
+// DecodeRideEvent decodes one ride-events record value.
+func DecodeRideEvent(b []byte) (RideEvent, error) {
+	var e RideEvent
+	if err := json.Unmarshal(b, &e); err != nil {
+		return e, fmt.Errorf("ride event: %w", err)
+	}
+	if e.V != RideEventVersion || e.Ride == "" || !e.To.Valid() || e.Version == 0 {
+		return e, fmt.Errorf("ride event: unsupported or incomplete (v=%d ride=%q to=%v version=%d)", e.V, e.Ride, e.To, e.Version)
+	}
+	return e, nil
+}

@@ -1,0 +1,159 @@
+package dispatch_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hexdispatch/hexdispatch/dispatch"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+func newKafka(t *testing.T) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, dispatch.DefaultRideEventsTopic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func newProducer(t *testing.T, addrs []string, opts ...kgo.Opt) *kgo.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(addrs...)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+// consumeAll reads the ride-events topic until it has want records or the
+// deadline passes.
+func consumeAll(t *testing.T, addrs []string, want int) []dispatch.RideEvent {
+	t.Helper()
+	cl := newProducer(t, addrs, kgo.ConsumeTopics(dispatch.DefaultRideEventsTopic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out []dispatch.RideEvent
+	for len(out) < want {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("consumed %d of %d ride events before the deadline", len(out), want)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			e, err := dispatch.DecodeRideEvent(r.Value)
+			if err != nil {
+				t.Fatalf("record %q: %v", r.Value, err)
+			}
+			if string(r.Key) != string(e.Ride) {
+				t.Fatalf("record key %q for ride %s", r.Key, e.Ride)
+			}
+			out = append(out, e)
+		})
+	}
+	return out
+}
+
+// ridePath creates a ride and walks it to completed: 8 events.
+func ridePath(t *testing.T, s *dispatch.RideStore, id dispatch.RideID) {
+	t.Helper()
+	ctx := context.Background()
+	r, _ := dispatch.NewRide(id, "u1", pickup, dropoff, t0)
+	if _, _, err := s.Create(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	d := positions.DriverID("d-" + string(id))
+	for _, ev := range []dispatch.Event{
+		{Kind: dispatch.EvSearch}, {Kind: dispatch.EvOffer, Driver: d}, {Kind: dispatch.EvAccept, Driver: d},
+		{Kind: dispatch.EvArrive, Driver: d}, {Kind: dispatch.EvStart, Driver: d}, {Kind: dispatch.EvComplete, Driver: d},
+	} {
+		if _, err := s.Apply(ctx, id, ev); err != nil {
+			t.Fatalf("%s: %v", ev.Kind, err)
+		}
+	}
+	// An illegal event leaves no trace in the log.
+	if _, err := s.Apply(ctx, id, dispatch.Event{Kind: dispatch.EvRiderCancel}); err == nil {
+		t.Fatal("cancel after completion accepted")
+	}
+}
+
+func checkLog(t *testing.T, evs []dispatch.RideEvent, rides int) {
+	t.Helper()
+	last := map[dispatch.RideID]uint64{}
+	for _, e := range evs {
+		if e.Version <= last[e.Ride] {
+			t.Fatalf("ride %s: version %d after %d (duplicate or out of order)", e.Ride, e.Version, last[e.Ride])
+		}
+		last[e.Ride] = e.Version
+	}
+	if len(last) != rides {
+		t.Fatalf("%d rides in the log, want %d", len(last), rides)
+	}
+	for id, v := range last {
+		if v != 7 {
+			t.Fatalf("ride %s ends at version %d, want 7 (requested + 6 transitions)", id, v)
+		}
+	}
+}
+
+func TestRelayMovesEveryTransitionInOrder(t *testing.T) {
+	s, _ := newStore(t)
+	kc := newKafka(t)
+	const rides = 5
+	for i := range rides {
+		ridePath(t, s, dispatch.RideID(fmt.Sprintf("r%d", i)))
+	}
+	cfg := dispatch.DefaultRelayConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	relay, err := dispatch.NewRelay(s, newProducer(t, kc.ListenAddrs()), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+	evs := consumeAll(t, kc.ListenAddrs(), rides*7)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	checkLog(t, evs, rides)
+	if first := evs[0]; first.Kind != "requested" || first.To != dispatch.Requested {
+		t.Fatalf("first event %+v", first)
+	}
+}
+
+func TestRelayKeepsEventsWhileKafkaIsDown(t *testing.T) {
+	s, _ := newStore(t)
+	ridePath(t, s, "r-down")
+	// A broker that is gone: produce fails, and nothing is trimmed.
+	dead, _ := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, dispatch.DefaultRideEventsTopic))
+	addrs := dead.ListenAddrs()
+	dead.Close()
+	cfg := dispatch.DefaultRelayConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	bad, _ := dispatch.NewRelay(s, newProducer(t, addrs, kgo.RecordDeliveryTimeout(time.Second), kgo.RequestRetries(1)), cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := bad.Drain(ctx, "r-down"); err == nil {
+		t.Fatal("drain to a dead broker succeeded")
+	}
+	// Kafka is back: every event arrives, none lost.
+	kc := newKafka(t)
+	good, _ := dispatch.NewRelay(s, newProducer(t, kc.ListenAddrs()), cfg)
+	if err := good.Drain(ctx, "r-down"); err != nil {
+		t.Fatal(err)
+	}
+	checkLog(t, consumeAll(t, kc.ListenAddrs(), 7), 1)
+	if st := good.Stats(); st.Produced != 7 {
+		t.Fatalf("stats %+v", st)
+	}
+}
