@@ -1,0 +1,441 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// PositionSink is where the gateway sends driver positions;
+// positions.Publisher implements it. Publish returns
+// positions.ErrOverloaded when the buffer is full (the gateway sheds with
+// 429) and an error wrapping positions.ErrBadEvent for an invalid event.
+type PositionSink interface {
+	Publish(ev positions.Event) error
+	Remove(id positions.DriverID, seq uint64, lastPos geo.LatLng) error
+}
+
+// PositionFrame is a driver's position report, over HTTP or WebSocket.
+type PositionFrame struct {
+	Lat     *float64         `json:"lat"`
+	Lng     *float64         `json:"lng"`
+	Heading *float64         `json:"heading,omitempty"` // degrees clockwise from north
+	Speed   *float64         `json:"speed,omitempty"`   // metres per second
+	Status  positions.Status `json:"status"`
+	Seq     uint64           `json:"seq"`
+	// TS is the phone's clock (RFC 3339); kept for ops, never trusted.
+	TS *time.Time `json:"ts,omitempty"`
+}
+
+// event validates f and turns it into a position event for driver id. The
+// error names the field.
+func (f PositionFrame) event(id positions.DriverID, now time.Time) (positions.Event, error) {
+	if f.Lat == nil {
+		return positions.Event{}, BadField("lat", "lat is required")
+	}
+	if f.Lng == nil {
+		return positions.Event{}, BadField("lng", "lng is required")
+	}
+	p := geo.LatLng{Lat: *f.Lat, Lng: *f.Lng}
+	if err := p.Validate(); err != nil {
+		field := "lat"
+		if strings.Contains(err.Error(), "lng") {
+			field = "lng"
+		}
+		return positions.Event{}, BadField(field, "%v", err)
+	}
+	if !f.Status.Valid() {
+		return positions.Event{}, BadField("status", "status is required: available, en_route or on_trip")
+	}
+	if f.Seq == 0 {
+		return positions.Event{}, BadField("seq", "seq must be a positive integer that grows with every report")
+	}
+	ev := positions.Event{Kind: positions.KindPosition, Driver: id, Pos: p, Status: f.Status, Seq: f.Seq,
+		Heading: positions.NoHeading, ReceiveTime: now}
+	if f.Heading != nil {
+		h := *f.Heading
+		if math.IsNaN(h) || h < 0 || h >= 360 {
+			return positions.Event{}, BadField("heading", "heading %v is outside [0, 360)", h)
+		}
+		ev.Heading = positions.Heading(h * 10)
+	}
+	if f.Speed != nil {
+		s := *f.Speed
+		if math.IsNaN(s) || s < 0 || s > 655 {
+			return positions.Event{}, BadField("speed", "speed %v m/s is outside [0, 655]", s)
+		}
+		ev.Speed = positions.Speed(math.Round(s * 100))
+	}
+	if f.TS != nil && f.TS.UnixMicro() > 0 {
+		ev.SourceTime = *f.TS
+	}
+	return ev, nil
+}
+
+// DriversConfig configures the driver gateway.
+type DriversConfig struct {
+	Sink   PositionSink
+	Signer *Signer
+	Now    func() time.Time
+	Logger *slog.Logger
+	// OriginPatterns are the browser origins allowed to open the driver
+	// WebSocket besides the API's own host (native apps send none).
+	OriginPatterns []string
+	// ReadLimit bounds one WebSocket frame.
+	ReadLimit int64
+	// SendQueue bounds the messages waiting for a slow driver connection;
+	// when full, new messages to it are dropped and counted.
+	SendQueue int
+	// PingEvery is the WebSocket keepalive; a connection that misses a
+	// pong for PingEvery is closed.
+	PingEvery time.Duration
+	// WriteTimeout bounds one WebSocket write.
+	WriteTimeout time.Duration
+}
+
+// DefaultDriversConfig returns the defaults (Sink and Signer unset).
+func DefaultDriversConfig() DriversConfig {
+	return DriversConfig{Now: time.Now, Logger: slog.Default(), ReadLimit: 4096, SendQueue: 32,
+		PingEvery: 20 * time.Second, WriteTimeout: 5 * time.Second}
+}
+
+// Validate checks c.
+func (c DriversConfig) Validate() error {
+	if c.Sink == nil || c.Signer == nil || c.Now == nil || c.Logger == nil || c.ReadLimit < 256 || c.SendQueue < 1 || c.PingEvery <= 0 || c.WriteTimeout <= 0 {
+		return fmt.Errorf("drivers config: Sink, Signer, Now and Logger are required; ReadLimit >= 256, SendQueue >= 1, PingEvery and WriteTimeout > 0")
+	}
+	return nil
+}
+
+// DriverStats counts what the gateway did.
+type DriverStats struct {
+	Positions, Rejected, Shed, Connections, Dropped uint64
+}
+
+// Drivers is the driver gateway: position reports in (HTTP and
+// WebSocket), messages such as offers out (WebSocket).
+//
+// Concurrency: connsMu guards conns; each connection has a reader (the
+// HTTP handler's goroutine) and a writer goroutine that the handler waits
+// for. Close ends every connection.
+type Drivers struct {
+	cfg DriversConfig
+
+	base   context.Context
+	cancel context.CancelFunc
+
+	connsMu sync.Mutex
+	conns   map[positions.DriverID]*driverConn
+
+	positions, rejected, shed, connections, dropped atomic.Uint64
+}
+
+type driverConn struct {
+	out    chan []byte
+	cancel context.CancelFunc
+}
+
+// NewDrivers returns the gateway.
+func NewDrivers(cfg DriversConfig) (*Drivers, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Drivers{cfg: cfg, base: ctx, cancel: cancel, conns: make(map[positions.DriverID]*driverConn)}, nil
+}
+
+// Close ends every WebSocket connection; handlers return soon after.
+func (d *Drivers) Close() { d.cancel() }
+
+// Stats returns the counters.
+func (d *Drivers) Stats() DriverStats {
+	return DriverStats{Positions: d.positions.Load(), Rejected: d.rejected.Load(), Shed: d.shed.Load(),
+		Connections: d.connections.Load(), Dropped: d.dropped.Load()}
+}
+
+// Connected reports whether driver id has a WebSocket open here.
+func (d *Drivers) Connected(id positions.DriverID) bool {
+	d.connsMu.Lock()
+	defer d.connsMu.Unlock()
+	_, ok := d.conns[id]
+	return ok
+}
+
+// Send queues msg (marshalled to JSON) for driver id's WebSocket. It never
+// blocks: it returns false when the driver is not connected here or its
+// queue is full (the message is dropped and counted).
+func (d *Drivers) Send(id positions.DriverID, msg any) bool {
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return false
+	}
+	d.connsMu.Lock()
+	c, ok := d.conns[id]
+	d.connsMu.Unlock()
+	if !ok {
+		return false
+	}
+	select {
+	case c.out <- b:
+		return true
+	default:
+		d.dropped.Add(1)
+		return false
+	}
+}
+
+// Routes adds the driver endpoints to mux.
+func (d *Drivers) Routes(mux *http.ServeMux) {
+	auth := func(h http.HandlerFunc) http.Handler { return d.cfg.Signer.RequireRole(d.cfg.Now, h, RoleDriver) }
+	mux.Handle("POST /v1/drivers/{id}/location", auth(d.location))
+	mux.Handle("POST /v1/drivers/{id}/offline", auth(d.offline))
+	mux.HandleFunc("GET /v1/drivers/ws", d.ws)
+}
+
+// self returns the path's driver ID if the token's subject is that driver.
+func self(r *http.Request) (positions.DriverID, error) {
+	c, _ := ClaimsFrom(r.Context())
+	id := positions.DriverID(r.PathValue("id"))
+	if err := id.Validate(); err != nil {
+		return "", BadField("id", "%v", err)
+	}
+	if string(id) != c.Subject {
+		return "", &APIError{Status: http.StatusForbidden, Code: "forbidden", Message: "a driver may only act as itself"}
+	}
+	return id, nil
+}
+
+const maxDriverBody = 4096
+
+func (d *Drivers) location(w http.ResponseWriter, r *http.Request) {
+	id, err := self(r)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	var f PositionFrame
+	if err := DecodeJSON(w, r, maxDriverBody, &f); err != nil {
+		d.rejected.Add(1)
+		WriteError(w, err)
+		return
+	}
+	if err := d.accept(id, f); err != nil {
+		WriteError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"accepted": true, "seq": f.Seq})
+}
+
+// accept validates and publishes one position.
+func (d *Drivers) accept(id positions.DriverID, f PositionFrame) error {
+	ev, err := f.event(id, d.cfg.Now())
+	if err != nil {
+		d.rejected.Add(1)
+		return err
+	}
+	return d.publish(func() error { return d.cfg.Sink.Publish(ev) })
+}
+
+func (d *Drivers) publish(fn func() error) error {
+	switch err := fn(); {
+	case err == nil:
+		d.positions.Add(1)
+		return nil
+	case errors.Is(err, positions.ErrOverloaded):
+		d.shed.Add(1)
+		return &APIError{Status: http.StatusTooManyRequests, Code: "overloaded", Message: "position intake is full; retry later", RetryAfter: time.Second}
+	case errors.Is(err, positions.ErrBadEvent):
+		d.rejected.Add(1)
+		return &APIError{Status: http.StatusBadRequest, Code: "invalid_field", Message: err.Error()}
+	default:
+		return &APIError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "position intake unavailable", RetryAfter: time.Second}
+	}
+}
+
+// OfflineFrame tells the engine a driver stopped working.
+type OfflineFrame struct {
+	Seq uint64   `json:"seq"`
+	Lat *float64 `json:"lat"`
+	Lng *float64 `json:"lng"`
+}
+
+func (d *Drivers) offline(w http.ResponseWriter, r *http.Request) {
+	id, err := self(r)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	var f OfflineFrame
+	if err := DecodeJSON(w, r, maxDriverBody, &f); err != nil {
+		WriteError(w, err)
+		return
+	}
+	if err := d.goOffline(id, f); err != nil {
+		WriteError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"accepted": true})
+}
+
+func (d *Drivers) goOffline(id positions.DriverID, f OfflineFrame) error {
+	if f.Seq == 0 {
+		return BadField("seq", "seq must be newer than the last position's")
+	}
+	if f.Lat == nil || f.Lng == nil {
+		return BadField("lat", "lat and lng of the last position are required")
+	}
+	p := geo.LatLng{Lat: *f.Lat, Lng: *f.Lng}
+	if err := p.Validate(); err != nil {
+		return BadField("lat", "%v", err)
+	}
+	return d.publish(func() error { return d.cfg.Sink.Remove(id, f.Seq, p) })
+}
+
+// wsFrame is an upward WebSocket frame: {"type": "position", ...}.
+type wsFrame struct {
+	Type string `json:"type"`
+	PositionFrame
+	Ride RideID `json:"ride,omitempty"`
+}
+
+// ws serves one driver's WebSocket. The token comes in the Authorization
+// header or, for browsers that cannot set it, the access_token query
+// parameter.
+func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if tok == "" {
+		tok = r.URL.Query().Get("access_token")
+	}
+	c, err := d.cfg.Signer.Verify(tok, d.cfg.Now())
+	if err != nil {
+		WriteError(w, &APIError{Status: http.StatusUnauthorized, Code: "invalid_token", Message: err.Error()})
+		return
+	}
+	if c.Role != RoleDriver {
+		WriteError(w, &APIError{Status: http.StatusForbidden, Code: "forbidden", Message: "the driver WebSocket needs a driver token"})
+		return
+	}
+	id := positions.DriverID(c.Subject)
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: d.cfg.OriginPatterns})
+	if err != nil {
+		return // Accept wrote the error response
+	}
+	conn.SetReadLimit(d.cfg.ReadLimit)
+	ctx, cancel := context.WithCancel(d.base)
+	defer cancel()
+	stop := context.AfterFunc(r.Context(), cancel)
+	defer stop()
+
+	dc := &driverConn{out: make(chan []byte, d.cfg.SendQueue), cancel: cancel}
+	d.connsMu.Lock()
+	if old, ok := d.conns[id]; ok {
+		old.cancel() // one live connection per driver: the newest wins
+	}
+	d.conns[id] = dc
+	d.connsMu.Unlock()
+	d.connections.Add(1)
+	defer func() {
+		d.connsMu.Lock()
+		if d.conns[id] == dc {
+			delete(d.conns, id)
+		}
+		d.connsMu.Unlock()
+	}()
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.writer(ctx, conn, dc)
+		cancel()
+	}()
+	d.reader(ctx, conn, id, dc)
+	cancel()
+	wg.Wait()
+	conn.Close(websocket.StatusNormalClosure, "")
+}
+
+func (d *Drivers) reader(ctx context.Context, conn *websocket.Conn, id positions.DriverID, dc *driverConn) {
+	for {
+		_, b, err := conn.Read(ctx)
+		if err != nil {
+			return
+		}
+		var f wsFrame
+		if err := json.Unmarshal(b, &f); err != nil {
+			d.rejected.Add(1)
+			d.reply(dc, jsonError(err, d.cfg.ReadLimit))
+			continue
+		}
+		switch f.Type {
+		case "position":
+			if err := d.accept(id, f.PositionFrame); err != nil {
+				d.reply(dc, err)
+			}
+		default:
+			d.rejected.Add(1)
+			d.reply(dc, BadField("type", "unknown frame type %q", f.Type))
+		}
+	}
+}
+
+// reply queues an error frame for the driver.
+func (d *Drivers) reply(dc *driverConn, err error) {
+	var ae *APIError
+	if !errors.As(err, &ae) {
+		ae = &APIError{Code: "internal", Message: "internal error"}
+	}
+	msg := map[string]any{"type": "error", "code": ae.Code, "message": ae.Message}
+	if ae.Field != "" {
+		msg["field"] = ae.Field
+	}
+	if ae.RetryAfter > 0 {
+		msg["retry_after_ms"] = ae.RetryAfter.Milliseconds()
+	}
+	b, _ := json.Marshal(msg)
+	select {
+	case dc.out <- b:
+	default:
+		d.dropped.Add(1)
+	}
+}
+
+// writer sends queued messages and keepalive pings until ctx ends or a
+// write fails.
+func (d *Drivers) writer(ctx context.Context, conn *websocket.Conn, dc *driverConn) {
+	ping := time.NewTicker(d.cfg.PingEvery)
+	defer ping.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case b := <-dc.out:
+			wctx, cancel := context.WithTimeout(ctx, d.cfg.WriteTimeout)
+			err := conn.Write(wctx, websocket.MessageText, b)
+			cancel()
+			if err != nil {
+				return
+			}
+		case <-ping.C:
+			pctx, cancel := context.WithTimeout(ctx, d.cfg.PingEvery)
+			err := conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				return
+			}
+		}
+	}
+}
