@@ -49,6 +49,40 @@ func (o LocalOwners) Lookup(_ context.Context, parts []positions.Partition) ([]O
 // Stale implements Owners; there is nobody else to ask.
 func (LocalOwners) Stale(string, []positions.Partition) {}
 
+// OwnerRef names a Querier that owns partitions.
+type OwnerRef struct {
+	Name    string
+	Querier positions.Querier
+}
+
+// StaticOwners is a fixed partition -> owner table: for tests, benchmarks
+// and deployments that pin partitions to processes. Partitions absent
+// from the table are missing.
+type StaticOwners map[positions.Partition]OwnerRef
+
+// Lookup implements Owners.
+func (s StaticOwners) Lookup(_ context.Context, parts []positions.Partition) ([]OwnerGroup, []positions.Partition) {
+	var groups []OwnerGroup
+	var missing []positions.Partition
+	for _, p := range parts {
+		o, ok := s[p]
+		if !ok || o.Querier == nil {
+			missing = append(missing, p)
+			continue
+		}
+		i := slices.IndexFunc(groups, func(g OwnerGroup) bool { return g.Owner == o.Name })
+		if i < 0 {
+			i = len(groups)
+			groups = append(groups, OwnerGroup{Owner: o.Name, Querier: o.Querier})
+		}
+		groups[i].Partitions = append(groups[i].Partitions, p)
+	}
+	return groups, missing
+}
+
+// Stale implements Owners; the table does not change.
+func (StaticOwners) Stale(string, []positions.Partition) {}
+
 // Owner is a published owner of a partition.
 type Owner struct {
 	Addr string

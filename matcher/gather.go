@@ -1,0 +1,374 @@
+package matcher
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// GatherConfig configures a Gatherer.
+type GatherConfig struct {
+	// Partitioner maps cells to partitions. It must be the publisher's
+	// (same ShardRes, same Partitions), or drivers are looked for in the
+	// wrong shards.
+	Partitioner positions.Partitioner
+	// MinCandidates is the N a gather tries to reach before it stops
+	// growing the ring.
+	MinCandidates int
+	// MaxRing is the largest grid distance k gathered around the pickup's
+	// search cell.
+	MaxRing int
+	// MaxRadiusM caps the search radius: a driver farther than this is
+	// never offered.
+	MaxRadiusM float64
+	// Deadline bounds a whole gather, all rings included. Owners that have
+	// not answered by then are reported missed.
+	Deadline time.Duration
+	// Filter selects the drivers; matching wants Available.
+	Filter positions.Filter
+	// DupSlack is added to the k asked of each owner, so that a driver
+	// seen twice (mid-handoff between shards) does not push a real
+	// candidate out of the merged top N.
+	DupSlack int
+	// PlanCache bounds the cached per-(cell, ring) plans: partitions to ask
+	// and the ring's outer edges. A city has a few thousand search cells;
+	// when the cache is full it is emptied and refilled.
+	PlanCache int
+}
+
+// DefaultGatherConfig returns the design's defaults: shards at res 6 over
+// 12 partitions, N = 5, rings up to 3, 4 km, 50 ms, available drivers.
+func DefaultGatherConfig() GatherConfig {
+	return GatherConfig{
+		Partitioner:   positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: 12},
+		MinCandidates: 5,
+		MaxRing:       3,
+		MaxRadiusM:    4000,
+		Deadline:      50 * time.Millisecond,
+		Filter:        positions.Available,
+		DupSlack:      4,
+		PlanCache:     1 << 16,
+	}
+}
+
+// Validate checks c.
+func (c GatherConfig) Validate() error {
+	if err := c.Partitioner.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	switch {
+	case c.MinCandidates < 1 || c.MinCandidates+c.DupSlack > positions.MaxK:
+		return fmt.Errorf("%w: MinCandidates %d + DupSlack %d must be in [1, %d]", ErrInvalidConfig, c.MinCandidates, c.DupSlack, positions.MaxK)
+	case c.DupSlack < 0:
+		return fmt.Errorf("%w: DupSlack %d is negative", ErrInvalidConfig, c.DupSlack)
+	case c.MaxRing < 1 || c.MaxRing > 10:
+		return fmt.Errorf("%w: MaxRing %d must be in [1, 10]", ErrInvalidConfig, c.MaxRing)
+	case !(c.MaxRadiusM > 0 && c.MaxRadiusM <= 100_000):
+		return fmt.Errorf("%w: MaxRadiusM %v must be in (0, 100000]", ErrInvalidConfig, c.MaxRadiusM)
+	case c.Deadline <= 0:
+		return fmt.Errorf("%w: Deadline %v must be positive", ErrInvalidConfig, c.Deadline)
+	case c.PlanCache < 1:
+		return fmt.Errorf("%w: PlanCache %d must be positive", ErrInvalidConfig, c.PlanCache)
+	}
+	return nil
+}
+
+// Gatherer finds the drivers nearest a pickup across shards: it asks the
+// owners of the partitions under the pickup's search cell and its ring,
+// in parallel, with a deadline, and grows the ring until it has enough.
+//
+// Concurrency: safe for concurrent use. plansMu guards the plan cache;
+// everything else is immutable after NewGatherer.
+type Gatherer struct {
+	cfg    GatherConfig
+	owners Owners
+
+	plansMu sync.RWMutex
+	plans   map[planKey]*plan
+}
+
+// NewGatherer returns a Gatherer asking owners.
+func NewGatherer(owners Owners, cfg GatherConfig) (*Gatherer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if owners == nil {
+		return nil, fmt.Errorf("%w: nil Owners", ErrInvalidConfig)
+	}
+	return &Gatherer{cfg: cfg, owners: owners, plans: make(map[planKey]*plan)}, nil
+}
+
+// Config returns the configuration.
+func (g *Gatherer) Config() GatherConfig { return g.cfg }
+
+// GatherResult is what a gather found.
+type GatherResult struct {
+	// Candidates are distinct drivers (the freshest seq of each), nearest
+	// first (ties by ID), all within RadiusM.
+	Candidates []positions.Candidate
+	// Ring is the grid distance k of the last ring asked.
+	Ring int
+	// RadiusM is the radius searched. Unless Partial, every driver within
+	// it that matches the filter was considered, so the first N
+	// candidates are the true N nearest.
+	RadiusM float64
+	// Answered and Missed are the partitions of the last ring that
+	// answered and that did not (no owner, owner down, slow, rebuilding),
+	// sorted.
+	Answered, Missed []positions.Partition
+	// Partial is true when some partition was missed: the candidates are
+	// the best of what answered, not necessarily the nearest.
+	Partial bool
+}
+
+// Gather returns at least n candidates near pickup if the radius allows,
+// or all it found (n <= 0 means MinCandidates). It fails only on invalid
+// input or when ctx is done before anything was asked; owner failures make
+// the result partial instead.
+func (g *Gatherer) Gather(ctx context.Context, pickup geo.LatLng, n int) (GatherResult, error) {
+	if err := pickup.Validate(); err != nil {
+		return GatherResult{}, fmt.Errorf("%w: pickup: %w", ErrInvalidQuery, err)
+	}
+	if n <= 0 {
+		n = g.cfg.MinCandidates
+	}
+	if n+g.cfg.DupSlack > positions.MaxK {
+		return GatherResult{}, fmt.Errorf("%w: n %d is above %d", ErrInvalidQuery, n, positions.MaxK-g.cfg.DupSlack)
+	}
+	cell, err := geo.CellAt(pickup, geo.SearchRes)
+	if err != nil {
+		return GatherResult{}, fmt.Errorf("%w: pickup: %w", ErrInvalidQuery, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.Deadline)
+	defer cancel()
+
+	best := make(map[positions.DriverID]positions.Candidate)
+	var res GatherResult
+	for k := 1; k <= g.cfg.MaxRing; k++ {
+		pl, err := g.plan(cell, k)
+		if err != nil {
+			return GatherResult{}, err
+		}
+		radius := min(pl.coverageM(pickup), g.cfg.MaxRadiusM)
+		res.Ring, res.RadiusM = k, radius
+		res.Answered, res.Missed = g.ask(ctx, pl.parts, positions.NearestRequest{
+			Center: pickup, K: n + g.cfg.DupSlack, RadiusM: radius, Filter: g.cfg.Filter,
+		}, best)
+		within := 0
+		for _, c := range best {
+			if c.DistanceM <= radius {
+				within++
+			}
+		}
+		if within >= n || radius >= g.cfg.MaxRadiusM || ctx.Err() != nil {
+			break
+		}
+	}
+	res.Partial = len(res.Missed) > 0
+	res.Candidates = make([]positions.Candidate, 0, len(best))
+	for _, c := range best {
+		if c.DistanceM <= res.RadiusM {
+			res.Candidates = append(res.Candidates, c)
+		}
+	}
+	slices.SortFunc(res.Candidates, func(a, b positions.Candidate) int {
+		if c := cmp.Compare(a.DistanceM, b.DistanceM); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	return res, nil
+}
+
+// ask fans req out to the owners of parts, one request per owner, and
+// merges the answers into best. Every goroutine it starts has returned
+// when it returns: Queriers honour ctx (the Querier contract), so the
+// deadline bounds the wait.
+func (g *Gatherer) ask(ctx context.Context, parts []positions.Partition, req positions.NearestRequest, best map[positions.DriverID]positions.Candidate) (answered, missed []positions.Partition) {
+	groups, missing := g.owners.Lookup(ctx, parts)
+	missed = append(missed, missing...)
+	type reply struct {
+		group int
+		resp  positions.NearestResponse
+		err   error
+	}
+	replies := make([]reply, len(groups))
+	call := func(i int) {
+		r := req
+		r.Partitions = groups[i].Partitions
+		resp, err := groups[i].Querier.Nearest(ctx, r)
+		replies[i] = reply{group: i, resp: resp, err: err}
+	}
+	if len(groups) == 1 {
+		call(0) // in-process or a single owner: no goroutine to pay for
+	} else {
+		var wg sync.WaitGroup
+		for i := range groups {
+			wg.Go(func() { call(i) })
+		}
+		wg.Wait()
+	}
+	for _, r := range replies {
+		grp := groups[r.group]
+		if r.err != nil {
+			missed = append(missed, grp.Partitions...)
+			g.owners.Stale(grp.Owner, grp.Partitions)
+			continue
+		}
+		if len(r.resp.Missed) > 0 {
+			missed = append(missed, r.resp.Missed...)
+			g.owners.Stale(grp.Owner, r.resp.Missed)
+		}
+		for _, p := range grp.Partitions {
+			if !slices.Contains(r.resp.Missed, p) {
+				answered = append(answered, p)
+			}
+		}
+		for _, c := range r.resp.Candidates {
+			if old, ok := best[c.ID]; !ok || c.Seq > old.Seq {
+				best[c.ID] = c
+			}
+		}
+	}
+	slices.Sort(answered)
+	slices.Sort(missed)
+	return answered, slices.Compact(missed)
+}
+
+type planKey struct {
+	cell geo.Cell
+	k    int
+}
+
+// plan is what a gather of one ring around one search cell needs: the
+// partitions under the disk, and the edges of the ring just outside it.
+type plan struct {
+	parts []positions.Partition
+	// outer holds the edges of the cells at grid distance k+1, as pairs of
+	// corners. The nearest point outside the disk lies on one of them.
+	outer [][2]geo.LatLng
+}
+
+func (g *Gatherer) plan(cell geo.Cell, k int) (*plan, error) {
+	key := planKey{cell, k}
+	g.plansMu.RLock()
+	pl, ok := g.plans[key]
+	g.plansMu.RUnlock()
+	if ok {
+		return pl, nil
+	}
+	pl, err := newPlan(cell, k, g.cfg.Partitioner)
+	if err != nil {
+		return nil, err
+	}
+	g.plansMu.Lock()
+	if len(g.plans) >= g.cfg.PlanCache {
+		clear(g.plans)
+	}
+	g.plans[key] = pl
+	g.plansMu.Unlock()
+	return pl, nil
+}
+
+func newPlan(cell geo.Cell, k int, pt positions.Partitioner) (*plan, error) {
+	disk, err := geo.Disk(cell, k)
+	if err != nil {
+		return nil, err
+	}
+	pl := &plan{}
+	for _, c := range disk {
+		p, err := pt.ForCell(c)
+		if err != nil {
+			return nil, err
+		}
+		pl.parts = append(pl.parts, p)
+	}
+	slices.Sort(pl.parts)
+	pl.parts = slices.Compact(pl.parts)
+
+	// Ring k+1 by difference of disks: GridRing fails near pentagons,
+	// GridDisk does not.
+	outer, err := geo.Disk(cell, k+1)
+	if err != nil {
+		return nil, err
+	}
+	inDisk := make(map[geo.Cell]bool, len(disk))
+	for _, c := range disk {
+		inDisk[c] = true
+	}
+	for _, c := range outer {
+		if inDisk[c] {
+			continue
+		}
+		b, err := geo.Boundary(c)
+		if err != nil {
+			return nil, err
+		}
+		for i := range b {
+			pl.outer = append(pl.outer, [2]geo.LatLng{b[i], b[(i+1)%len(b)]})
+		}
+	}
+	return pl, nil
+}
+
+// Coverage margins. The distance to the outer edges is computed in a
+// local equirectangular plane around the pickup, which at these distances
+// (a few km, cities below 75° latitude) is within 0.5% of the
+// great-circle distance; the margin doubles that and adds a metre for the
+// centimetre rounding of stored positions.
+const (
+	coverageRelMargin  = 0.01
+	coverageAbsMarginM = 1.0
+	metresPerDegree    = geo.EarthRadiusM * math.Pi / 180
+)
+
+// coverageM is the guaranteed coverage of the plan's disk from p: every
+// point nearer than this lies in a cell of the disk, so a driver nearer
+// than it sits in one of the plan's partitions.
+//
+// It is computed per pickup, not taken from a constant: a pickup at its
+// cell's centre is covered for about 2 edge lengths at k=1, one at a
+// corner only for about one edge length; a constant would have to assume
+// the corner everywhere. The test TestCoverageIsConservative checks it
+// against H3 for random points.
+func (pl *plan) coverageM(p geo.LatLng) float64 {
+	cosLat := math.Cos(p.Lat * math.Pi / 180)
+	best := math.Inf(1)
+	for _, e := range pl.outer {
+		ax, ay := project(p, e[0], cosLat)
+		bx, by := project(p, e[1], cosLat)
+		best = min(best, segmentDist2(ax, ay, bx, by))
+	}
+	d := math.Sqrt(best)
+	return max(0, d*(1-coverageRelMargin)-coverageAbsMarginM)
+}
+
+// project maps q into metres east and north of p.
+func project(p, q geo.LatLng, cosLat float64) (x, y float64) {
+	dLng := q.Lng - p.Lng
+	if dLng > 180 {
+		dLng -= 360
+	} else if dLng < -180 {
+		dLng += 360
+	}
+	return dLng * cosLat * metresPerDegree, (q.Lat - p.Lat) * metresPerDegree
+}
+
+// segmentDist2 is the squared distance from the origin to segment ab.
+func segmentDist2(ax, ay, bx, by float64) float64 {
+	dx, dy := bx-ax, by-ay
+	l2 := dx*dx + dy*dy
+	t := 0.0
+	if l2 > 0 {
+		t = min(1, max(0, -(ax*dx+ay*dy)/l2))
+	}
+	x, y := ax+t*dx, ay+t*dy
+	return x*x + y*y
+}
