@@ -437,3 +437,71 @@ func BenchmarkAssign(b *testing.B) {
 		}
 	}
 }
+
+// dpAssign is an exact reference for up to 14 columns: a dynamic program
+// over the set of used columns, rows in order, best by (most assigned, then
+// least total).
+func dpAssign(m *CostMatrix, maxCost float64) (int, float64) {
+	type best struct {
+		n  int
+		t  float64
+		ok bool
+	}
+	better := func(a, b best) bool { return !b.ok || a.n > b.n || (a.n == b.n && a.t < b.t) }
+	cur := make([]best, 1<<m.Cols)
+	cur[0] = best{ok: true}
+	for i := range m.Rows {
+		next := make([]best, len(cur))
+		for mask, b := range cur {
+			if !b.ok {
+				continue
+			}
+			if better(b, next[mask]) {
+				next[mask] = b
+			}
+			for j := range m.Cols {
+				c := m.At(i, j)
+				if mask&(1<<j) != 0 || math.IsInf(c, 1) || (maxCost > 0 && c > maxCost) {
+					continue
+				}
+				nb := best{n: b.n + 1, t: b.t + c, ok: true}
+				if better(nb, next[mask|1<<j]) {
+					next[mask|1<<j] = nb
+				}
+			}
+		}
+		cur = next
+	}
+	var r best
+	for _, b := range cur {
+		if b.ok && better(b, r) {
+			r = b
+		}
+	}
+	return r.n, r.t
+}
+
+// TestAssignMatchesDP covers medium shapes (up to 20 riders x 12 drivers),
+// where augmenting paths run through many rows.
+func TestAssignMatchesDP(t *testing.T) {
+	seed := assignSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 2))
+	var s Solver
+	var a Assignment
+	cases := 1000
+	if testing.Short() {
+		cases = 30
+	}
+	for c := range cases {
+		rows, cols := rng.IntN(20)+1, rng.IntN(12)+1
+		m := randomCosts(rng, rows, cols)
+		s.MaxCost = []float64{0, 5, 600}[rng.IntN(3)]
+		if err := s.Solve(m, &a); err != nil {
+			t.Fatal(err)
+		}
+		checkAssignment(t, m, s.MaxCost, &a)
+		if n, tot := dpAssign(m, s.MaxCost); a.Assigned != n || !approxEq(a.Total, tot) {
+			t.Fatalf("case %d (%dx%d, max %v): solver (%d, %v), DP (%d, %v)\ncost %v", c, rows, cols, s.MaxCost, a.Assigned, a.Total, n, tot, m.Cost)
+		}
+	}
+}
