@@ -125,6 +125,7 @@ func newCluster(t testing.TB, pt positions.Partitioner, nShards int) *cluster {
 	}
 	for p := range positions.Partition(pt.Partitions) {
 		c.owner[p] = c.shards[int(p)%nShards]
+		c.owner[p].index(t, p) // an owner holds its partitions, empty or not
 	}
 	return c
 }

@@ -102,7 +102,7 @@ func TestGatherPartialWhenAnOwnerIsMissingOrSlow(t *testing.T) {
 	pt := positions.Partitioner{ShardRes: 7, Partitions: 12}
 	center := geo.LatLng{Lat: 40.7580, Lng: -73.9855}
 	tests := []struct {
-		name  string
+		name   string
 		break_ func(cl *cluster, owners matcher.StaticOwners) *shard
 	}{
 		{"owner hangs past the deadline", func(cl *cluster, _ matcher.StaticOwners) *shard {
