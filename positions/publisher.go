@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,11 @@ type PublisherConfig struct {
 	Linger time.Duration
 	// BatchMaxBytes bounds one produce batch.
 	BatchMaxBytes int32
+	// Forget drops the handoff memory of a driver not heard from for this
+	// long, so the table holds connected drivers, not every driver ever
+	// seen. It must be at least the workers' TTL: a driver that comes
+	// back later has expired from its old partition anyway.
+	Forget time.Duration
 	// ShutdownTimeout bounds the final flush when Run's ctx ends.
 	ShutdownTimeout time.Duration
 	// Now stamps ReceiveTime on events that come without one.
@@ -57,6 +63,7 @@ func DefaultPublisherConfig() PublisherConfig {
 		MaxBufferedRecords: 1 << 17,
 		Linger:             5 * time.Millisecond,
 		BatchMaxBytes:      1 << 20,
+		Forget:             10 * time.Minute,
 		ShutdownTimeout:    5 * time.Second,
 		Now:                time.Now,
 		Logger:             slog.Default(),
@@ -79,6 +86,8 @@ func (c PublisherConfig) Validate() error {
 		return fmt.Errorf("%w: Linger %v is outside [0, 1s]", ErrInvalidConfig, c.Linger)
 	case c.BatchMaxBytes < MaxEventLen+100:
 		return fmt.Errorf("%w: BatchMaxBytes %d is too small", ErrInvalidConfig, c.BatchMaxBytes)
+	case c.Forget <= 0:
+		return fmt.Errorf("%w: Forget %v must be positive", ErrInvalidConfig, c.Forget)
 	case c.ShutdownTimeout <= 0:
 		return fmt.Errorf("%w: ShutdownTimeout %v must be positive", ErrInvalidConfig, c.ShutdownTimeout)
 	case c.Now == nil:
@@ -105,6 +114,11 @@ type pendingKey struct {
 	part   Partition
 }
 
+type lastSent struct {
+	part Partition
+	at   int64 // unix ns of the event's ReceiveTime
+}
+
 type pendingEvent struct {
 	ev   Event
 	part Partition
@@ -128,7 +142,7 @@ type Publisher struct {
 	mu      sync.Mutex
 	pending []pendingEvent
 	slot    map[pendingKey]int
-	last    map[DriverID]Partition // partition each driver was last sent to
+	last    map[DriverID]lastSent // where each driver was last sent
 
 	wake     chan struct{}
 	flushReq chan chan error
@@ -166,7 +180,7 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		cfg:      cfg,
 		cl:       cl,
 		slot:     make(map[pendingKey]int),
-		last:     make(map[DriverID]Partition),
+		last:     make(map[DriverID]lastSent),
 		wake:     make(chan struct{}, 1),
 		flushReq: make(chan chan error),
 		done:     make(chan struct{}),
@@ -203,7 +217,8 @@ func (p *Publisher) Publish(ev Event) error {
 		return ErrClosed
 	default:
 	}
-	old, known := p.last[ev.Driver]
+	prev, known := p.last[ev.Driver]
+	old := prev.part
 	if ev.Kind == KindRemoval && known {
 		part = old // remove where the driver is, not where the removal points
 	}
@@ -228,7 +243,7 @@ func (p *Publisher) Publish(ev Event) error {
 	if ev.Kind == KindRemoval {
 		delete(p.last, ev.Driver)
 	} else {
-		p.last[ev.Driver] = part
+		p.last[ev.Driver] = lastSent{part: part, at: ev.ReceiveTime.UnixNano()}
 	}
 	p.accepted.Add(1)
 	select {
@@ -300,6 +315,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.mu.Unlock()
 	}()
 	var spare []pendingEvent
+	forget := time.NewTicker(p.cfg.Forget / 2)
+	defer forget.Stop()
 	drain := func(ctx context.Context) {
 		p.mu.Lock()
 		batch := p.pending
@@ -324,11 +341,23 @@ func (p *Publisher) Run(ctx context.Context) error {
 			return nil
 		case <-p.wake:
 			drain(ctx)
+		case <-forget.C:
+			p.forget()
 		case reply := <-p.flushReq:
 			drain(ctx)
 			reply <- p.cl.Flush(ctx)
 		}
 	}
+}
+
+// forget drops the handoff memory of drivers silent for cfg.Forget. It
+// holds mu for one pass over the table (tens of ms for a million drivers,
+// every Forget/2).
+func (p *Publisher) forget() {
+	cutoff := p.cfg.Now().Add(-p.cfg.Forget).UnixNano()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	maps.DeleteFunc(p.last, func(_ DriverID, l lastSent) bool { return l.at < cutoff })
 }
 
 func (p *Publisher) produce(ctx context.Context, pe pendingEvent) {
