@@ -129,7 +129,10 @@ func Next(s State, k EventKind) (State, error) {
 type Event struct {
 	Kind   EventKind
 	Driver positions.DriverID // the driver concerned, for offer and after
-	At     time.Time
+	// Token is the driver's lease token, recorded on accept so the trip
+	// lock can be released when the ride ends.
+	Token int64
+	At    time.Time
 }
 
 // Ride is a ride's read model.
@@ -145,6 +148,9 @@ type Ride struct {
 	// Offers counts offers made; Declines counts declines and timeouts.
 	Offers   int `json:"offers"`
 	Declines int `json:"declines"`
+	// LeaseToken is the accepted driver's fencing token (internal: the
+	// API does not show it).
+	LeaseToken int64 `json:"lease_token,omitempty"`
 	// Version increases with every applied event, so writers can
 	// compare-and-set and readers can order snapshots.
 	Version   uint64    `json:"version"`
@@ -194,6 +200,8 @@ func (r *Ride) Apply(ev Event) error {
 	case EvDecline, EvOfferTimeout:
 		r.Driver = ""
 		r.Declines++
+	case EvAccept:
+		r.LeaseToken = ev.Token
 	}
 	r.State = to
 	r.Version++

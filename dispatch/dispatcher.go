@@ -1,0 +1,371 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/matcher"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// Offer is a driver reserved for a ride: the lease token proves it.
+type Offer struct {
+	Driver    positions.DriverID
+	Token     matcher.Token
+	ETA       time.Duration
+	DistanceM float64
+}
+
+// Finder picks the best free driver for a pickup and reserves it (a lease
+// for the offer timeout), skipping drivers skip rejects. It returns an
+// error wrapping matcher.ErrNoDriver when nobody is free, and one wrapping
+// matcher.ErrUnavailable when the reservation store is down. The matcher's
+// greedy policy implements it.
+type Finder interface {
+	Find(ctx context.Context, ride matcher.RideID, pickup geo.LatLng, skip func(positions.DriverID) bool) (Offer, error)
+}
+
+// LeaseKeeper turns an offer's lease into the trip lock or lets it go;
+// *matcher.Leases implements it.
+type LeaseKeeper interface {
+	Commit(ctx context.Context, driver positions.DriverID, ride matcher.RideID, token matcher.Token) error
+	Release(ctx context.Context, driver positions.DriverID, ride matcher.RideID, token matcher.Token) error
+}
+
+// Notifier delivers messages to drivers; *Drivers implements it.
+type Notifier interface {
+	Send(id positions.DriverID, msg any) bool
+}
+
+// DispatcherConfig configures a Dispatcher.
+type DispatcherConfig struct {
+	Store    *RideStore
+	Finder   Finder
+	Leases   LeaseKeeper
+	Notifier Notifier
+	// Relay, when set, is told about every ride that changed so its events
+	// reach Kafka at once rather than at the next sweep.
+	Relay *Relay
+	// OfferTimeout is how long a driver has to answer an offer.
+	OfferTimeout time.Duration
+	// MaxOffers is how many drivers a ride is offered to before no_driver.
+	MaxOffers int
+	// SearchDeadline bounds the whole search, from request to accept.
+	SearchDeadline time.Duration
+	// RetryEvery is the pause before searching again when nobody is free.
+	RetryEvery time.Duration
+	// MaxActive bounds rides being matched at once; beyond it requests get
+	// 503 (ride requests are never queued without bound).
+	MaxActive int
+	Now       func() time.Time
+	Logger    *slog.Logger
+}
+
+// DefaultDispatcherConfig returns the defaults: 10 s offers, 5 offers, a
+// 60 s search, 1 s between empty searches, 10,000 active rides.
+func DefaultDispatcherConfig() DispatcherConfig {
+	return DispatcherConfig{OfferTimeout: 10 * time.Second, MaxOffers: 5, SearchDeadline: time.Minute,
+		RetryEvery: time.Second, MaxActive: 10000, Now: time.Now, Logger: slog.Default()}
+}
+
+// Validate checks c.
+func (c DispatcherConfig) Validate() error {
+	if c.Store == nil || c.Finder == nil || c.Leases == nil || c.Notifier == nil || c.Now == nil || c.Logger == nil {
+		return errors.New("dispatcher config: Store, Finder, Leases, Notifier, Now and Logger are required")
+	}
+	if c.OfferTimeout <= 0 || c.MaxOffers < 1 || c.SearchDeadline <= 0 || c.RetryEvery <= 0 || c.MaxActive < 1 {
+		return fmt.Errorf("dispatcher config: OfferTimeout, SearchDeadline, RetryEvery > 0 and MaxOffers, MaxActive >= 1 (got %+v)", c)
+	}
+	return nil
+}
+
+// answer is a driver's reply to an offer.
+type answer struct {
+	driver positions.DriverID
+	accept bool
+}
+
+// search is one ride being matched.
+type search struct {
+	cancel  context.CancelFunc
+	answers chan answer
+}
+
+// DispatcherStats counts what a Dispatcher did.
+type DispatcherStats struct {
+	Searches, Offers, Accepted, Declined, TimedOut, NoDriver, Errors uint64
+}
+
+// Dispatcher runs the search for each requested ride: find and reserve the
+// best driver, offer, wait for the answer or the timeout, and on decline or
+// timeout release and move to the next driver, until an accept, MaxOffers
+// offers, the deadline (no_driver) or a cancel.
+//
+// Concurrency: one goroutine per active ride, bounded by MaxActive and
+// waited for by Wait; searchesMu guards the map that routes driver answers
+// to them. The searches live in this process: in a deployment of several
+// api processes, a driver's answer must reach the process that made the
+// offer (the driver's WebSocket is pinned to it today).
+type Dispatcher struct {
+	cfg DispatcherConfig
+
+	base   context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	searchesMu sync.Mutex
+	searches   map[RideID]*search
+
+	searched, offers, accepted, declined, timedOut, noDriver, errs atomic.Uint64
+}
+
+// NewDispatcher returns a dispatcher.
+func NewDispatcher(cfg DispatcherConfig) (*Dispatcher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Dispatcher{cfg: cfg, base: ctx, cancel: cancel, searches: make(map[RideID]*search)}, nil
+}
+
+// ErrBusy is returned by Start when MaxActive rides are being matched.
+var ErrBusy = errors.New("dispatcher is at capacity")
+
+// Stats returns the counters.
+func (d *Dispatcher) Stats() DispatcherStats {
+	return DispatcherStats{Searches: d.searched.Load(), Offers: d.offers.Load(), Accepted: d.accepted.Load(),
+		Declined: d.declined.Load(), TimedOut: d.timedOut.Load(), NoDriver: d.noDriver.Load(), Errors: d.errs.Load()}
+}
+
+// Close stops every search and waits for them. Rides left searching or
+// offered stay so in the store; their leases expire on their own.
+func (d *Dispatcher) Close() {
+	d.cancel()
+	d.wg.Wait()
+}
+
+// Start begins the search for ride r (state requested).
+func (d *Dispatcher) Start(r Ride) error {
+	d.searchesMu.Lock()
+	defer d.searchesMu.Unlock()
+	if d.base.Err() != nil {
+		return ErrBusy
+	}
+	if _, ok := d.searches[r.ID]; ok {
+		return nil // already searching (an idempotent retry)
+	}
+	if len(d.searches) >= d.cfg.MaxActive {
+		return ErrBusy
+	}
+	ctx, cancel := context.WithTimeout(d.base, d.cfg.SearchDeadline)
+	s := &search{cancel: cancel, answers: make(chan answer, 1)}
+	d.searches[r.ID] = s
+	d.searched.Add(1)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer cancel()
+		d.run(ctx, r, s)
+		d.searchesMu.Lock()
+		delete(d.searches, r.ID)
+		d.searchesMu.Unlock()
+	}()
+	return nil
+}
+
+// Answer delivers a driver's accept or decline to the search of ride id.
+// It reports false when no search of this process waits for that driver.
+func (d *Dispatcher) Answer(id RideID, driver positions.DriverID, accept bool) bool {
+	d.searchesMu.Lock()
+	s, ok := d.searches[id]
+	d.searchesMu.Unlock()
+	if !ok {
+		return false
+	}
+	select {
+	case s.answers <- answer{driver: driver, accept: accept}:
+		return true
+	default:
+		return false // an answer is already pending
+	}
+}
+
+// Stop ends the search of ride id (the rider cancelled).
+func (d *Dispatcher) Stop(id RideID) {
+	d.searchesMu.Lock()
+	s, ok := d.searches[id]
+	d.searchesMu.Unlock()
+	if ok {
+		s.cancel()
+	}
+}
+
+// apply records ev on ride id and tells the relay.
+func (d *Dispatcher) apply(ctx context.Context, id RideID, ev Event) (Ride, error) {
+	ev.At = d.cfg.Now()
+	r, err := d.cfg.Store.Apply(ctx, id, ev)
+	if err == nil && d.cfg.Relay != nil {
+		d.cfg.Relay.Notify(id)
+	}
+	return r, err
+}
+
+// OfferMessage is what a driver receives when offered a ride.
+type OfferMessage struct {
+	Type      string     `json:"type"` // "offer"
+	Ride      RideID     `json:"ride"`
+	Pickup    geo.LatLng `json:"pickup"`
+	Dropoff   geo.LatLng `json:"dropoff"`
+	ETA       float64    `json:"eta_s"`
+	DistanceM float64    `json:"distance_m"`
+	ExpiresAt time.Time  `json:"expires_at"`
+}
+
+func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
+	log := d.cfg.Logger.With("ride", r.ID)
+	// Writes that must land even when the search is cancelled or timed out
+	// use their own short context.
+	finalCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	}
+	if _, err := d.apply(ctx, r.ID, Event{Kind: EvSearch}); err != nil {
+		d.errs.Add(1)
+		log.Warn("search: cannot start", "err", err)
+		return
+	}
+	tried := map[positions.DriverID]bool{}
+	skip := func(id positions.DriverID) bool { return tried[id] }
+	for offers := 0; offers < d.cfg.MaxOffers; {
+		o, err := d.cfg.Finder.Find(ctx, matcher.RideID(r.ID), r.Pickup, skip)
+		switch {
+		case ctx.Err() != nil:
+			d.end(r.ID, log)
+			return
+		case errors.Is(err, matcher.ErrNoDriver):
+			select {
+			case <-ctx.Done():
+				d.end(r.ID, log)
+				return
+			case <-time.After(d.cfg.RetryEvery):
+				continue
+			}
+		case err != nil:
+			d.errs.Add(1)
+			log.Warn("search: find failed", "err", err)
+			select {
+			case <-ctx.Done():
+				d.end(r.ID, log)
+				return
+			case <-time.After(d.cfg.RetryEvery):
+				continue
+			}
+		}
+		offers++
+		tried[o.Driver] = true
+		if _, err := d.apply(ctx, r.ID, Event{Kind: EvOffer, Driver: o.Driver}); err != nil {
+			fctx, cancel := finalCtx()
+			d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
+			cancel()
+			if errors.Is(err, ErrIllegalTransition) { // cancelled meanwhile
+				return
+			}
+			d.errs.Add(1)
+			log.Warn("search: recording offer failed", "err", err)
+			continue
+		}
+		d.offers.Add(1)
+		expires := d.cfg.Now().Add(d.cfg.OfferTimeout)
+		d.cfg.Notifier.Send(o.Driver, OfferMessage{Type: "offer", Ride: r.ID, Pickup: r.Pickup, Dropoff: r.Dropoff,
+			ETA: o.ETA.Seconds(), DistanceM: o.DistanceM, ExpiresAt: expires})
+		accepted, done := d.await(ctx, r, s, o, log)
+		if accepted || done {
+			return
+		}
+	}
+	fctx, cancel := finalCtx()
+	defer cancel()
+	if _, err := d.apply(fctx, r.ID, Event{Kind: EvNoDriver}); err == nil {
+		d.noDriver.Add(1)
+	}
+}
+
+// await waits for the offered driver's answer. It returns accepted when the
+// ride is now the driver's, and done when the search must stop (cancel,
+// deadline); otherwise the caller offers the next driver.
+func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, o Offer, log *slog.Logger) (accepted, done bool) {
+	timer := time.NewTimer(d.cfg.OfferTimeout)
+	defer timer.Stop()
+	release := func(kind EventKind) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
+		if kind != 0 {
+			d.apply(fctx, r.ID, Event{Kind: kind, Driver: o.Driver})
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			// Back to searching first, so the deadline can end the ride as
+			// no_driver; after a rider's cancel both writes are refused.
+			if d.base.Err() == nil {
+				release(EvOfferTimeout)
+			} else {
+				release(0)
+			}
+			d.cfg.Notifier.Send(o.Driver, map[string]any{"type": "offer_cancelled", "ride": r.ID})
+			d.end(r.ID, log)
+			return false, true
+		case <-timer.C:
+			d.timedOut.Add(1)
+			release(EvOfferTimeout)
+			d.cfg.Notifier.Send(o.Driver, map[string]any{"type": "offer_expired", "ride": r.ID})
+			return false, false
+		case a := <-s.answers:
+			if a.driver != o.Driver {
+				continue // not the offered driver: ignore
+			}
+			if !a.accept {
+				d.declined.Add(1)
+				release(EvDecline)
+				return false, false
+			}
+			// The ride commits only while the token is current.
+			if err := d.cfg.Leases.Commit(ctx, o.Driver, matcher.RideID(r.ID), o.Token); err != nil {
+				d.timedOut.Add(1)
+				log.Info("accept came after the lease was lost", "driver", o.Driver, "err", err)
+				release(EvOfferTimeout)
+				return false, false
+			}
+			if _, err := d.apply(ctx, r.ID, Event{Kind: EvAccept, Driver: o.Driver, Token: int64(o.Token)}); err != nil {
+				d.errs.Add(1)
+				release(0)
+				log.Warn("recording accept failed", "err", err)
+				return false, true
+			}
+			d.accepted.Add(1)
+			return true, true
+		}
+	}
+}
+
+// end records why a search stopped early: a deadline becomes no_driver; a
+// cancel was recorded by whoever cancelled.
+func (d *Dispatcher) end(id RideID, log *slog.Logger) {
+	if d.base.Err() != nil {
+		return // shutting down: the ride stays as it is
+	}
+	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := d.apply(fctx, id, Event{Kind: EvNoDriver}); err == nil {
+		d.noDriver.Add(1)
+	} else if !errors.Is(err, ErrIllegalTransition) {
+		log.Warn("recording no_driver failed", "err", err)
+	}
+}

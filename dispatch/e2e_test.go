@@ -1,0 +1,323 @@
+package dispatch_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/hexdispatch/hexdispatch/dispatch"
+	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/internal/redistest"
+	"github.com/hexdispatch/hexdispatch/matcher"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// nearestFinder is the simplest policy built from the real pieces: gather
+// candidates across shards, take them nearest first, reserve the first
+// free one.
+type nearestFinder struct {
+	g      *matcher.Gatherer
+	leases *matcher.Leases
+	ttl    time.Duration
+}
+
+func (f nearestFinder) Find(ctx context.Context, ride matcher.RideID, pickup geo.LatLng, skip func(positions.DriverID) bool) (dispatch.Offer, error) {
+	res, err := f.g.Gather(ctx, pickup, 5)
+	if err != nil {
+		return dispatch.Offer{}, err
+	}
+	for _, c := range res.Candidates {
+		if skip(c.ID) {
+			continue
+		}
+		tok, err := f.leases.Reserve(ctx, c.ID, ride, f.ttl)
+		if errors.Is(err, matcher.ErrDriverTaken) {
+			continue
+		}
+		if err != nil {
+			return dispatch.Offer{}, err
+		}
+		return dispatch.Offer{Driver: c.ID, Token: tok, DistanceM: c.DistanceM, ETA: geo.DefaultETA.ForDistance(c.DistanceM)}, nil
+	}
+	return dispatch.Offer{}, matcher.ErrNoDriver
+}
+
+type engine struct {
+	srv    *httptest.Server
+	signer *dispatch.Signer
+	store  *dispatch.RideStore
+	disp   *dispatch.Dispatcher
+}
+
+// newEngine wires the whole ride path in one process: the driver gateway
+// publishes to kfake, a worker indexes the partitions, the dispatcher
+// gathers from the worker and reserves in a real Redis.
+func newEngine(t *testing.T, offerTimeout time.Duration) *engine {
+	t.Helper()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	const parts = 4
+	kc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(parts, positions.DefaultTopic),
+		kfake.SeedTopics(1, positions.DefaultDLQTopic), kfake.GroupMinSessionTimeout(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kc.Close)
+	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: parts}
+
+	pc := positions.DefaultPublisherConfig()
+	pc.Brokers, pc.Partitioner, pc.Logger = kc.ListenAddrs(), pt, quiet
+	pub, err := positions.NewPublisher(pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wc := positions.DefaultWorkerConfig()
+	wc.Brokers, wc.Logger = kc.ListenAddrs(), quiet
+	wc.SessionTimeout, wc.HeartbeatInterval = time.Second, 100*time.Millisecond
+	worker, err := positions.NewWorker(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rs := redistest.Start(t)
+	rdb := rs.Client(t)
+	leases, err := matcher.NewLeases(rdb, matcher.DefaultLeaseConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc := matcher.DefaultGatherConfig()
+	gc.Partitioner = pt
+	gc.Deadline = time.Second
+	g, err := matcher.NewGatherer(matcher.LocalOwners{Querier: worker}, gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := dispatch.NewRideStore(rdb, dispatch.DefaultStoreConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer := newSigner(t)
+	dcfg := dispatch.DefaultDriversConfig()
+	dcfg.Sink, dcfg.Signer, dcfg.Logger = pub, signer, quiet
+	drivers, err := dispatch.NewDrivers(dcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xc := dispatch.DefaultDispatcherConfig()
+	xc.Store, xc.Finder, xc.Leases, xc.Notifier, xc.Logger = store, nearestFinder{g: g, leases: leases, ttl: offerTimeout + time.Second}, leases, drivers, quiet
+	xc.OfferTimeout, xc.RetryEvery, xc.SearchDeadline = offerTimeout, 50*time.Millisecond, 20*time.Second
+	disp, err := dispatch.NewDispatcher(xc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rides, err := dispatch.NewRides(dispatch.RidesConfig{Store: store, Dispatcher: disp, Leases: leases, Signer: signer, Now: time.Now, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	drivers.Routes(mux)
+	rides.Routes(mux)
+	srv := httptest.NewServer(mux)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 2)
+	go func() { errs <- pub.Run(ctx) }()
+	go func() { errs <- worker.Run(ctx) }()
+	t.Cleanup(func() {
+		disp.Close()
+		drivers.Close()
+		srv.Close()
+		cancel()
+		for range 2 {
+			if err := <-errs; err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("component stopped with %v", err)
+			}
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for !worker.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("worker not ready")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return &engine{srv: srv, signer: signer, store: store, disp: disp}
+}
+
+func (e *engine) tok(t *testing.T, sub string, role dispatch.Role) string {
+	t.Helper()
+	s, err := e.signer.Mint(dispatch.Claims{Subject: sub, Role: role, Expires: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (e *engine) do(t *testing.T, method, path, token, body string, hdr ...string) (int, dispatch.RideView, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var v dispatch.RideView
+	json.Unmarshal(b, &v)
+	return resp.StatusCode, v, string(b)
+}
+
+// waitState polls the ride until it reaches want.
+func (e *engine) waitState(t *testing.T, id dispatch.RideID, want dispatch.State) dispatch.Ride {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r, err := e.store.Get(context.Background(), id)
+		if err == nil && r.State == want {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ride %s is %v (%v), want %s", id, r.State, err, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRideLifecycleEndToEnd(t *testing.T) {
+	e := newEngine(t, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// Two drivers online over WebSocket; near is 300 m from the pickup,
+	// far 1.5 km.
+	pickup := geo.LatLng{Lat: 40.7580, Lng: -73.9855}
+	dial := func(id string) *websocket.Conn {
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+"/v1/drivers/ws",
+			&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + e.tok(t, id, dispatch.RoleDriver)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseNow() })
+		return c
+	}
+	near, far := dial("near"), dial("far")
+	ping := func(c *websocket.Conn, lat float64) {
+		b, _ := json.Marshal(map[string]any{"type": "position", "lat": lat, "lng": pickup.Lng, "status": "available", "seq": time.Now().UnixNano()})
+		if err := c.Write(ctx, websocket.MessageText, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ping(near, pickup.Lat+300/111195.0)
+	ping(far, pickup.Lat-1500/111195.0)
+
+	rider := e.tok(t, "u1", dispatch.RoleRider)
+	body := `{"pickup":{"lat":40.7580,"lng":-73.9855},"dropoff":{"lat":40.6413,"lng":-73.7781}}`
+	// Positions flow through Kafka to the worker asynchronously: retry the
+	// request until the search has someone to offer to.
+	code, ride, raw := e.do(t, "POST", "/v1/rides", rider, body, "Idempotency-Key", "k1", "Content-Type", "application/json")
+	if code != http.StatusCreated || ride.State != dispatch.Requested {
+		t.Fatalf("request: %d %s", code, raw)
+	}
+	// A retry with the same key is the same ride.
+	if code, again, _ := e.do(t, "POST", "/v1/rides", rider, body, "Idempotency-Key", "k1"); code != http.StatusOK || again.ID != ride.ID {
+		t.Fatalf("retry: %d %+v", code, again)
+	}
+
+	// The nearest driver gets the offer and declines; the next one gets it.
+	readOffer := func(c *websocket.Conn) map[string]any {
+		for {
+			_, b, err := c.Read(ctx)
+			if err != nil {
+				t.Fatalf("waiting for an offer: %v", err)
+			}
+			var m map[string]any
+			json.Unmarshal(b, &m)
+			if m["type"] == "offer" {
+				return m
+			}
+		}
+	}
+	if m := readOffer(near); m["ride"] != string(ride.ID) {
+		t.Fatalf("offer to near: %v", m)
+	}
+	// Another driver cannot answer it, or read the ride.
+	if code, _, _ := e.do(t, "POST", "/v1/rides/"+string(ride.ID)+"/accept", e.tok(t, "far", dispatch.RoleDriver), ""); code != http.StatusNotFound {
+		t.Fatalf("accept by a driver not offered: %d", code)
+	}
+	if code, _, raw := e.do(t, "POST", "/v1/rides/"+string(ride.ID)+"/decline", e.tok(t, "near", dispatch.RoleDriver), ""); code != http.StatusAccepted {
+		t.Fatalf("decline: %d %s", code, raw)
+	}
+	if m := readOffer(far); m["ride"] != string(ride.ID) {
+		t.Fatalf("offer to far: %v", m)
+	}
+	farTok := e.tok(t, "far", dispatch.RoleDriver)
+	if code, _, raw := e.do(t, "POST", "/v1/rides/"+string(ride.ID)+"/accept", farTok, ""); code != http.StatusAccepted {
+		t.Fatalf("accept: %d %s", code, raw)
+	}
+	got := e.waitState(t, ride.ID, dispatch.Accepted)
+	if got.Driver != "far" || got.Offers != 2 || got.Declines != 1 {
+		t.Fatalf("accepted ride %+v", got)
+	}
+	// Skipping a step is refused; the steps in order are not.
+	if code, _, _ := e.do(t, "POST", "/v1/rides/"+string(ride.ID)+"/complete", farTok, ""); code != http.StatusConflict {
+		t.Fatalf("complete before arriving: %d", code)
+	}
+	for _, step := range []string{"arrived", "start", "complete"} {
+		if code, _, raw := e.do(t, "POST", "/v1/rides/"+string(ride.ID)+"/"+step, farTok, ""); code != http.StatusOK {
+			t.Fatalf("%s: %d %s", step, code, raw)
+		}
+	}
+	// The rider sees the end; another rider sees nothing; cancelling now is
+	// illegal.
+	if code, v, _ := e.do(t, "GET", "/v1/rides/"+string(ride.ID), rider, ""); code != 200 || v.State != dispatch.Completed || v.Driver != "far" {
+		t.Fatalf("rider view: %d %+v", code, v)
+	}
+	if code, _, _ := e.do(t, "GET", "/v1/rides/"+string(ride.ID), e.tok(t, "u2", dispatch.RoleRider), ""); code != http.StatusNotFound {
+		t.Fatalf("another rider: %d", code)
+	}
+	if code, _, _ := e.do(t, "DELETE", "/v1/rides/"+string(ride.ID), rider, ""); code != http.StatusConflict {
+		t.Fatalf("cancel after completion: %d", code)
+	}
+}
+
+func TestRideNoDriverAndCancel(t *testing.T) {
+	e := newEngine(t, time.Second)
+	rider := e.tok(t, "u9", dispatch.RoleRider)
+	body := `{"pickup":{"lat":-33.8688,"lng":151.2093},"dropoff":{"lat":-33.8,"lng":151.2}}`
+	code, ride, raw := e.do(t, "POST", "/v1/rides", rider, body)
+	if code != http.StatusCreated {
+		t.Fatalf("%d %s", code, raw)
+	}
+	// Nobody drives in Sydney here: the rider cancels while it searches.
+	e.waitState(t, ride.ID, dispatch.Searching)
+	if code, v, raw := e.do(t, "DELETE", "/v1/rides/"+string(ride.ID), rider, ""); code != 200 || v.State != dispatch.CancelledByRider {
+		t.Fatalf("cancel: %d %s", code, raw)
+	}
+	for _, bad := range []struct{ body, field string }{
+		{`{"dropoff":{"lat":1,"lng":1}}`, "pickup"},
+		{`{"pickup":{"lat":1,"lng":1}}`, "dropoff"},
+		{`{"pickup":{"lat":91,"lng":1},"dropoff":{"lat":1,"lng":1}}`, "pickup"},
+		{`{"pickup":{"lat":"x","lng":1},"dropoff":{"lat":1,"lng":1}}`, "pickup.lat"},
+	} {
+		code, _, raw := e.do(t, "POST", "/v1/rides", rider, bad.body)
+		if code != 400 || !strings.Contains(raw, `"field":"`+bad.field+`"`) {
+			t.Errorf("%s: %d %s", bad.body, code, raw)
+		}
+	}
+	if code, _, _ := e.do(t, "POST", "/v1/rides", e.tok(t, "d1", dispatch.RoleDriver), body); code != http.StatusForbidden {
+		t.Errorf("driver requesting a ride: %d", code)
+	}
+}

@@ -1,0 +1,262 @@
+package dispatch
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/matcher"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// RidesConfig configures the ride endpoints.
+type RidesConfig struct {
+	Store      *RideStore
+	Dispatcher *Dispatcher
+	Leases     LeaseKeeper
+	Signer     *Signer
+	Relay      *Relay       // optional
+	Limiter    *RateLimiter // optional: per-subject limit on ride requests
+	Now        func() time.Time
+	Logger     *slog.Logger
+}
+
+// Rides serves the rider API (request, read, cancel) and the drivers'
+// answers and trip steps.
+type Rides struct{ cfg RidesConfig }
+
+// NewRides returns the ride endpoints.
+func NewRides(cfg RidesConfig) (*Rides, error) {
+	if cfg.Store == nil || cfg.Dispatcher == nil || cfg.Leases == nil || cfg.Signer == nil || cfg.Now == nil || cfg.Logger == nil {
+		return nil, errors.New("rides config: Store, Dispatcher, Leases, Signer, Now and Logger are required")
+	}
+	return &Rides{cfg: cfg}, nil
+}
+
+// Routes adds the ride endpoints to mux.
+func (h *Rides) Routes(mux *http.ServeMux) {
+	rs := h.cfg.Signer
+	mux.Handle("POST /v1/rides", rs.RequireRole(h.cfg.Now, http.HandlerFunc(h.request), RoleRider))
+	mux.Handle("GET /v1/rides/{id}", rs.RequireRole(h.cfg.Now, http.HandlerFunc(h.get), RoleRider, RoleDriver, RoleOps))
+	mux.Handle("DELETE /v1/rides/{id}", rs.RequireRole(h.cfg.Now, http.HandlerFunc(h.cancel), RoleRider))
+	for path, kind := range map[string]EventKind{
+		"accept": EvAccept, "decline": EvDecline, "arrived": EvArrive, "start": EvStart,
+		"complete": EvComplete, "cancel": EvDriverCancel,
+	} {
+		mux.Handle("POST /v1/rides/{id}/"+path, rs.RequireRole(h.cfg.Now, h.driverStep(kind), RoleDriver))
+	}
+}
+
+// RideView is a ride as the API shows it.
+type RideView struct {
+	ID        RideID             `json:"id"`
+	Rider     RiderID            `json:"rider"`
+	Pickup    geo.LatLng         `json:"pickup"`
+	Dropoff   geo.LatLng         `json:"dropoff"`
+	State     State              `json:"state"`
+	Driver    positions.DriverID `json:"driver,omitempty"`
+	Offers    int                `json:"offers"`
+	Version   uint64             `json:"version"`
+	CreatedAt time.Time          `json:"created_at"`
+	UpdatedAt time.Time          `json:"updated_at"`
+}
+
+func view(r Ride) RideView {
+	return RideView{ID: r.ID, Rider: r.Rider, Pickup: r.Pickup, Dropoff: r.Dropoff, State: r.State, Driver: r.Driver,
+		Offers: r.Offers, Version: r.Version, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
+}
+
+// RideRequest is the body of POST /v1/rides.
+type RideRequest struct {
+	Pickup  *geo.LatLng `json:"pickup"`
+	Dropoff *geo.LatLng `json:"dropoff"`
+}
+
+const maxRideBody = 4096
+
+// storeError maps store and lease failures to API errors.
+func storeError(err error) error {
+	switch {
+	case errors.Is(err, ErrRideNotFound):
+		return &APIError{Status: http.StatusNotFound, Code: "not_found", Message: "no such ride"}
+	case errors.Is(err, ErrIllegalTransition):
+		return &APIError{Status: http.StatusConflict, Code: "illegal_transition", Message: err.Error()}
+	case errors.Is(err, ErrIdempotencyMismatch):
+		return &APIError{Status: http.StatusUnprocessableEntity, Code: "idempotency_mismatch", Message: err.Error()}
+	case errors.Is(err, ErrConflict):
+		return &APIError{Status: http.StatusConflict, Code: "conflict", Message: err.Error(), RetryAfter: time.Second}
+	case errors.Is(err, ErrStoreUnavailable), errors.Is(err, matcher.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return &APIError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "ride store unavailable; retry shortly", RetryAfter: 2 * time.Second}
+	}
+	return err
+}
+
+func (h *Rides) request(w http.ResponseWriter, r *http.Request) {
+	c, _ := ClaimsFrom(r.Context())
+	if h.cfg.Limiter != nil {
+		if ok, wait := h.cfg.Limiter.Allow("rider:" + c.Subject); !ok {
+			WriteError(w, &APIError{Status: http.StatusTooManyRequests, Code: "rate_limited", Message: "too many ride requests", RetryAfter: wait})
+			return
+		}
+	}
+	var req RideRequest
+	if err := DecodeJSON(w, r, maxRideBody, &req); err != nil {
+		WriteError(w, err)
+		return
+	}
+	if req.Pickup == nil {
+		WriteError(w, BadField("pickup", "pickup is required"))
+		return
+	}
+	if req.Dropoff == nil {
+		WriteError(w, BadField("dropoff", "dropoff is required"))
+		return
+	}
+	for field, p := range map[string]geo.LatLng{"pickup": *req.Pickup, "dropoff": *req.Dropoff} {
+		if err := p.Validate(); err != nil {
+			WriteError(w, BadField(field, "%v", err))
+			return
+		}
+	}
+	key := r.Header.Get("Idempotency-Key")
+	if len(key) > 128 {
+		WriteError(w, BadField("Idempotency-Key", "at most 128 bytes"))
+		return
+	}
+	id := newRideID()
+	if key != "" {
+		id = IdempotentID(RiderID(c.Subject), key)
+	}
+	ride, err := NewRide(id, RiderID(c.Subject), *req.Pickup, *req.Dropoff, h.cfg.Now())
+	if err != nil {
+		WriteError(w, BadField("rider", "%v", err))
+		return
+	}
+	stored, created, err := h.cfg.Store.Create(r.Context(), ride)
+	if err != nil {
+		WriteError(w, storeError(err))
+		return
+	}
+	if h.cfg.Relay != nil {
+		h.cfg.Relay.Notify(id)
+	}
+	if stored.State == Requested {
+		if err := h.cfg.Dispatcher.Start(stored); err != nil {
+			// At capacity: the ride cannot be matched now; end it rather
+			// than leave it waiting for nobody.
+			if ended, aerr := h.cfg.Store.Apply(r.Context(), id, Event{Kind: EvExpire, At: h.cfg.Now()}); aerr == nil {
+				stored = ended
+			}
+			WriteError(w, &APIError{Status: http.StatusServiceUnavailable, Code: "busy", Message: "matching is at capacity; retry shortly", RetryAfter: 2 * time.Second})
+			return
+		}
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	w.Header().Set("Location", "/v1/rides/"+string(id))
+	writeJSON(w, status, view(stored))
+}
+
+func newRideID() RideID {
+	var b [12]byte
+	rand.Read(b[:])
+	return RideID("r" + hex.EncodeToString(b[:]))
+}
+
+// load returns the ride if the caller may see it: its rider, its driver,
+// or ops. Anyone else gets 404, which does not reveal that it exists.
+func (h *Rides) load(r *http.Request) (Ride, error) {
+	c, _ := ClaimsFrom(r.Context())
+	id := RideID(r.PathValue("id"))
+	if id == "" || len(id) > 64 {
+		return Ride{}, BadField("id", "ride id must be 1 to 64 bytes")
+	}
+	ride, err := h.cfg.Store.Get(r.Context(), id)
+	if err != nil {
+		return Ride{}, storeError(err)
+	}
+	switch {
+	case c.Role == RoleOps,
+		c.Role == RoleRider && string(ride.Rider) == c.Subject,
+		c.Role == RoleDriver && string(ride.Driver) == c.Subject:
+		return ride, nil
+	}
+	return Ride{}, storeError(ErrRideNotFound)
+}
+
+func (h *Rides) get(w http.ResponseWriter, r *http.Request) {
+	ride, err := h.load(r)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, view(ride))
+}
+
+func (h *Rides) cancel(w http.ResponseWriter, r *http.Request) {
+	ride, err := h.load(r)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	ended, err := h.cfg.Store.Apply(r.Context(), ride.ID, Event{Kind: EvRiderCancel, At: h.cfg.Now()})
+	if err != nil {
+		WriteError(w, storeError(err))
+		return
+	}
+	h.cfg.Dispatcher.Stop(ride.ID)
+	h.ended(r.Context(), ride, ended)
+	writeJSON(w, http.StatusOK, view(ended))
+}
+
+// ended lets the driver go when a ride that had one assigned ends.
+func (h *Rides) ended(ctx context.Context, before, after Ride) {
+	if h.cfg.Relay != nil {
+		h.cfg.Relay.Notify(after.ID)
+	}
+	if !after.State.Terminal() || before.LeaseToken == 0 || before.Driver == "" {
+		return
+	}
+	if err := h.cfg.Leases.Release(ctx, before.Driver, matcher.RideID(before.ID), matcher.Token(before.LeaseToken)); err != nil && !errors.Is(err, matcher.ErrLeaseLost) {
+		h.cfg.Logger.Warn("releasing trip lock failed; it expires on its own", "ride", before.ID, "driver", before.Driver, "err", err)
+	}
+}
+
+// driverStep handles a driver's answer to an offer or a trip step.
+func (h *Rides) driverStep(kind EventKind) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _ := ClaimsFrom(r.Context())
+		driver := positions.DriverID(c.Subject)
+		ride, err := h.load(r)
+		if err != nil {
+			WriteError(w, err)
+			return
+		}
+		if kind == EvAccept || kind == EvDecline {
+			if ride.State != Offered {
+				WriteError(w, storeError(ErrIllegalTransition))
+				return
+			}
+			if !h.cfg.Dispatcher.Answer(ride.ID, driver, kind == EvAccept) {
+				WriteError(w, &APIError{Status: http.StatusConflict, Code: "no_pending_offer", Message: "no offer of this ride is waiting for your answer here"})
+				return
+			}
+			writeJSON(w, http.StatusAccepted, map[string]any{"ride": ride.ID, "answer": kind.String()})
+			return
+		}
+		next, err := h.cfg.Store.Apply(r.Context(), ride.ID, Event{Kind: kind, Driver: driver, At: h.cfg.Now()})
+		if err != nil {
+			WriteError(w, storeError(err))
+			return
+		}
+		h.ended(r.Context(), ride, next)
+		writeJSON(w, http.StatusOK, view(next))
+	})
+}
