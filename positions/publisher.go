@@ -109,14 +109,14 @@ type PublisherStats struct {
 	Pending       int    // events waiting now
 }
 
-type pendingKey struct {
-	driver DriverID
-	part   Partition
-}
-
-type lastSent struct {
+// driverState is what the publisher remembers of a driver: the partition
+// it was last sent to (for handoffs) and, while that event is still
+// pending, its slot (for coalescing). One map lookup per Publish.
+type driverState struct {
 	part Partition
-	at   int64 // unix ns of the event's ReceiveTime
+	at   int64  // unix ns of the last event's ReceiveTime
+	gen  uint32 // slot is valid while gen equals the publisher's gen
+	slot int32  // index in pending of the event for (driver, part)
 }
 
 type pendingEvent struct {
@@ -141,8 +141,8 @@ type Publisher struct {
 
 	mu      sync.Mutex
 	pending []pendingEvent
-	slot    map[pendingKey]int
-	last    map[DriverID]lastSent // where each driver was last sent
+	gen     uint32 // bumped when pending is handed to the sender
+	drivers map[DriverID]*driverState
 
 	wake     chan struct{}
 	flushReq chan chan error
@@ -179,8 +179,8 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	return &Publisher{
 		cfg:      cfg,
 		cl:       cl,
-		slot:     make(map[pendingKey]int),
-		last:     make(map[DriverID]lastSent),
+		gen:      1,
+		drivers:  make(map[DriverID]*driverState),
 		wake:     make(chan struct{}, 1),
 		flushReq: make(chan chan error),
 		done:     make(chan struct{}),
@@ -217,33 +217,60 @@ func (p *Publisher) Publish(ev Event) error {
 		return ErrClosed
 	default:
 	}
-	prev, known := p.last[ev.Driver]
-	old := prev.part
-	if ev.Kind == KindRemoval && known {
-		part = old // remove where the driver is, not where the removal points
-	}
-	handoff := ev.Kind == KindPosition && known && old != part
-	need := 0
-	if _, ok := p.slot[pendingKey{ev.Driver, part}]; !ok {
-		need++
-	}
-	if _, ok := p.slot[pendingKey{ev.Driver, old}]; handoff && !ok {
-		need++
-	}
-	if len(p.pending)+need > p.cfg.MaxPending {
-		p.overloaded.Add(1)
-		return ErrOverloaded
-	}
-	if handoff {
-		rm := Event{Kind: KindRemoval, Driver: ev.Driver, Pos: ev.Pos, Heading: NoHeading, Seq: ev.Seq, SourceTime: ev.SourceTime, ReceiveTime: ev.ReceiveTime}
-		p.enqueueLocked(rm, old)
-		p.handoffs.Add(1)
-	}
-	p.enqueueLocked(ev, part)
+	st := p.drivers[ev.Driver]
+	pending := st != nil && st.gen == p.gen // an event for (driver, st.part) is unsent
 	if ev.Kind == KindRemoval {
-		delete(p.last, ev.Driver)
+		if st != nil {
+			part = st.part // remove where the driver is, not where the removal points
+		}
+		if pending {
+			p.pending[st.slot] = pendingEvent{ev: ev, part: part}
+			p.coalesced.Add(1)
+		} else if len(p.pending) >= p.cfg.MaxPending {
+			p.overloaded.Add(1)
+			return ErrOverloaded
+		} else {
+			p.pending = append(p.pending, pendingEvent{ev: ev, part: part})
+		}
+		delete(p.drivers, ev.Driver)
 	} else {
-		p.last[ev.Driver] = lastSent{part: part, at: ev.ReceiveTime.UnixNano()}
+		handoff := st != nil && st.part != part
+		// Events for one (driver, partition) coalesce, latest wins;
+		// order between partitions does not matter.
+		need := 1
+		if pending && !handoff {
+			need = 0
+		}
+		if handoff && !pending {
+			need++
+		}
+		if len(p.pending)+need > p.cfg.MaxPending {
+			p.overloaded.Add(1)
+			return ErrOverloaded
+		}
+		if st == nil {
+			st = &driverState{}
+			p.drivers[ev.Driver] = st
+		}
+		if handoff {
+			rm := pendingEvent{part: st.part, ev: Event{Kind: KindRemoval, Driver: ev.Driver, Pos: ev.Pos, Heading: NoHeading,
+				Seq: ev.Seq, SourceTime: ev.SourceTime, ReceiveTime: ev.ReceiveTime}}
+			if pending {
+				p.pending[st.slot] = rm // replaces the unsent position at the old partition
+				p.coalesced.Add(1)
+			} else {
+				p.pending = append(p.pending, rm)
+			}
+			p.handoffs.Add(1)
+		}
+		if pending && !handoff {
+			p.pending[st.slot].ev = ev
+			p.coalesced.Add(1)
+		} else {
+			st.gen, st.slot = p.gen, int32(len(p.pending))
+			p.pending = append(p.pending, pendingEvent{ev: ev, part: part})
+		}
+		st.part, st.at = part, ev.ReceiveTime.UnixNano()
 	}
 	p.accepted.Add(1)
 	select {
@@ -257,17 +284,6 @@ func (p *Publisher) Publish(ev Event) error {
 // last sent to. seq should be newer than its last position's.
 func (p *Publisher) Remove(id DriverID, seq uint64, lastPos geo.LatLng) error {
 	return p.Publish(Event{Kind: KindRemoval, Driver: id, Pos: lastPos, Heading: NoHeading, Seq: seq})
-}
-
-func (p *Publisher) enqueueLocked(ev Event, part Partition) {
-	k := pendingKey{ev.Driver, part}
-	if i, ok := p.slot[k]; ok {
-		p.pending[i].ev = ev
-		p.coalesced.Add(1)
-		return
-	}
-	p.slot[k] = len(p.pending)
-	p.pending = append(p.pending, pendingEvent{ev: ev, part: part})
 }
 
 // Stats returns the counters.
@@ -321,7 +337,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.mu.Lock()
 		batch := p.pending
 		p.pending = spare[:0]
-		clear(p.slot)
+		p.gen++
 		p.mu.Unlock()
 		for i := range batch {
 			p.produce(ctx, batch[i])
@@ -357,7 +373,7 @@ func (p *Publisher) forget() {
 	cutoff := p.cfg.Now().Add(-p.cfg.Forget).UnixNano()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	maps.DeleteFunc(p.last, func(_ DriverID, l lastSent) bool { return l.at < cutoff })
+	maps.DeleteFunc(p.drivers, func(_ DriverID, st *driverState) bool { return st.at < cutoff })
 }
 
 func (p *Publisher) produce(ctx context.Context, pe pendingEvent) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
+	"strconv"
 	"testing"
 	"time"
 
@@ -276,5 +278,38 @@ func TestPartitionerStable(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("ForPos(%v) = %d, want %d", tc.pos, got, tc.want)
 		}
+	}
+}
+
+// BenchmarkPublish is the gateway-side cost of one position (validate,
+// shard hash, coalescing buffer) with 100k drivers, without Kafka: the
+// buffer is reset whenever it fills.
+func BenchmarkPublish(b *testing.B) {
+	cfg := publisherConfig([]string{"127.0.0.1:1"}, 64)
+	cfg.MaxPending = 1 << 20
+	p, err := positions.NewPublisher(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Client().Close()
+	const n = 100_000
+	rng := rand.New(rand.NewPCG(1, 2))
+	evs := make([]positions.Event, n)
+	for i := range evs {
+		evs[i] = positions.Event{Driver: positions.DriverID("b" + strconv.Itoa(i)), Pos: randomPos(rng), Status: positions.StatusAvailable, Heading: positions.NoHeading}
+	}
+	now := time.Now()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		e := &evs[i%n]
+		e.Seq++
+		e.ReceiveTime = now
+		if err := p.Publish(*e); errors.Is(err, positions.ErrOverloaded) {
+			positions.ResetPending(p)
+		} else if err != nil {
+			b.Fatal(err)
+		}
+		i++
 	}
 }
