@@ -8,3 +8,17 @@ func ResetPending(p *Publisher) {
 	p.gen++
 	p.mu.Unlock()
 }
+
+// TakePending returns and clears a publisher's pending events in send
+// order, as the sender would take them.
+func TakePending(p *Publisher) (evs []Event, parts []Partition) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pe := range p.pending {
+		evs = append(evs, pe.ev)
+		parts = append(parts, pe.part)
+	}
+	p.pending = p.pending[:0]
+	p.gen++
+	return evs, parts
+}

@@ -313,3 +313,98 @@ func BenchmarkPublish(b *testing.B) {
 		i++
 	}
 }
+
+// TestPublisherCoalescingProperty drives random moves (across partitions),
+// removals and partial drains through the publisher's buffer, applies what
+// it emits to one Index per partition as the workers would, and checks
+// that every driver is held exactly by the partition of its last position
+// (or nowhere after a removal).
+func TestPublisherCoalescingProperty(t *testing.T) {
+	seed := testSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 5))
+	const parts = 4
+	cfg := publisherConfig([]string{"127.0.0.1:1"}, parts)
+	cfg.MaxPending = 1 << 20
+	p, err := positions.NewPublisher(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Client().Close)
+	idx := make([]*positions.Index, parts)
+	for i := range idx {
+		icfg := positions.DefaultConfig()
+		icfg.TTL = time.Hour
+		if idx[i], err = positions.NewIndex(icfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply := func() {
+		evs, ps := positions.TakePending(p)
+		for i, e := range evs {
+			x := idx[ps[i]]
+			if e.Kind == positions.KindRemoval {
+				x.Remove(e.Driver, e.Seq)
+				continue
+			}
+			if _, err := x.Upsert(e.Driver, e.Pos, e.Status, e.Seq, e.ReceiveTime); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	type state struct {
+		pos    geo.LatLng
+		seq    uint64
+		online bool
+	}
+	drivers := make([]state, 40)
+	now := time.Now()
+	for step := range 5000 {
+		i := rng.IntN(len(drivers))
+		d := &drivers[i]
+		id := positions.DriverID("p" + strconv.Itoa(i))
+		d.seq++
+		switch {
+		case d.online && rng.IntN(10) == 0:
+			if err := p.Remove(id, d.seq, d.pos); err != nil {
+				t.Fatal(err)
+			}
+			d.online = false
+		default:
+			if !d.online || rng.IntN(4) == 0 {
+				d.pos = randomPos(rng) // a jump, often to another partition
+			} else {
+				d.pos = geo.LatLng{Lat: d.pos.Lat + (rng.Float64()-0.5)*0.002, Lng: d.pos.Lng + (rng.Float64()-0.5)*0.002}
+			}
+			ev := positions.Event{Driver: id, Pos: d.pos, Status: positions.StatusAvailable, Seq: d.seq, ReceiveTime: now}
+			if err := p.Publish(ev); err != nil {
+				t.Fatal(err)
+			}
+			d.online = true
+		}
+		if rng.IntN(7) == 0 {
+			apply()
+		}
+		if step%500 == 499 || step == 4999 {
+			apply()
+			for i, d := range drivers {
+				id := positions.DriverID("p" + strconv.Itoa(i))
+				want := positions.Partition(-1)
+				if d.online {
+					want, _, _ = cfg.Partitioner.ForPos(d.pos)
+				}
+				for part, x := range idx {
+					got, held := x.Get(id)
+					if held != (positions.Partition(part) == want) {
+						t.Fatalf("step %d: driver %s held=%v by partition %d, want it held only by %d", step, id, held, part, want)
+					}
+					if held && got.Seq != d.seq {
+						t.Fatalf("step %d: driver %s seq %d, want %d", step, id, got.Seq, d.seq)
+					}
+				}
+			}
+		}
+	}
+	if s := p.Stats(); s.Coalesced == 0 || s.Handoffs == 0 {
+		t.Errorf("stats %+v: the walk should coalesce and hand off", s)
+	}
+}
