@@ -240,9 +240,11 @@ func (l *Leases) Commit(ctx context.Context, driver positions.DriverID, ride Rid
 	return nil
 }
 
-// releaseScript: KEYS lease; ARGV offered value, committed value.
+// releaseScript: KEYS lease; ARGV offered value, committed value. 1:
+// deleted, 2: no lease at all, 0: another ride or token holds it.
 var releaseScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
+if not cur then return 2 end
 if cur == ARGV[1] or cur == ARGV[2] then
   redis.call('DEL', KEYS[1])
   return 1
@@ -251,9 +253,11 @@ return 0
 `)
 
 // Release frees driver from ride's lease, offered or committed (decline,
-// cancel, trip finished), if token is current. A stale token deletes
-// nothing and returns ErrLeaseLost, which callers that only want the
-// driver free may ignore.
+// cancel, trip finished), if token is current. Releasing a lease that no
+// longer exists (expired, or released by an earlier try whose answer was
+// lost) succeeds, so a retried Release is idempotent. When another ride or
+// a newer token holds the driver nothing is deleted and ErrLeaseLost is
+// returned, which callers that only want the driver free may ignore.
 func (l *Leases) Release(ctx context.Context, driver positions.DriverID, ride RideID, token Token) error {
 	if err := checkIDs(driver, ride); err != nil {
 		return err
@@ -265,7 +269,7 @@ func (l *Leases) Release(ctx context.Context, driver positions.DriverID, ride Ri
 	if err != nil {
 		return l.wrap(ctx, "release", driver, err)
 	}
-	if n != 1 {
+	if n == 0 {
 		return fmt.Errorf("release driver %s from ride %s with token %d: %w", driver, ride, token, ErrLeaseLost)
 	}
 	return nil

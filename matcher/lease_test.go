@@ -120,9 +120,12 @@ func TestLeaseLifecycle(t *testing.T) {
 	if err != nil || tok2 <= tok {
 		t.Fatalf("Reserve after release = %d, %v; want a token above %d", tok2, err, tok)
 	}
-	// Decline: release an offer.
+	// Decline: release an offer; a retried release succeeds too.
 	if err := l.Release(ctx, d, "r3", tok2); err != nil {
 		t.Fatalf("Release of an offer: %v", err)
+	}
+	if err := l.Release(ctx, d, "r3", tok2); err != nil {
+		t.Fatalf("retried Release: %v", err)
 	}
 }
 

@@ -28,9 +28,9 @@ const Binary = "/usr/bin/redis-server"
 const startTimeout = 10 * time.Second
 
 // Server is one redis-server process bound to a fixed loopback address.
-// Stop and Start keep the address, so clients configured with Addr
-// reconnect after a restart; data does not survive a restart (no
-// persistence), as with a Redis that lost its memory.
+// Stop and Restart keep the address and directory, so clients configured
+// with Addr reconnect after a restart; data survives a restart only with
+// Options.AppendOnly (otherwise it is a Redis that lost its memory).
 //
 // Concurrency: the methods may be called from any goroutine; mu serialises
 // them.
@@ -38,6 +38,7 @@ type Server struct {
 	t    testing.TB
 	bin  string
 	dir  string
+	opts Options
 	port int
 	// Addr is host:port of the server.
 	Addr string
@@ -47,9 +48,23 @@ type Server struct {
 	done chan struct{} // closed when cmd has exited
 }
 
-// Start starts a redis-server for t and registers its shutdown with
-// t.Cleanup.
+// Options change how the server runs.
+type Options struct {
+	// AppendOnly turns on the append-only file with an fsync per write,
+	// so that data survives Stop and Restart, as a production Redis
+	// holding leases should be run.
+	AppendOnly bool
+}
+
+// Start starts a redis-server without persistence for t and registers its
+// shutdown with t.Cleanup.
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, opts Options) *Server {
 	t.Helper()
 	bin := findBinary()
 	if bin == "" {
@@ -58,7 +73,7 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skipf("redistest: redis-server not found at %s or on PATH; skipping", Binary)
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), opts: opts}
 	// A port picked by listening on :0 can be taken by someone else before
 	// redis-server binds it; try a few.
 	var err error
@@ -148,10 +163,16 @@ func (s *Server) Running() bool {
 // start launches the process and waits for PING. s.mu is held or s is not
 // shared yet.
 func (s *Server) start() error {
-	cmd := exec.Command(s.bin,
+	aof := []string{"--appendonly", "no"}
+	if s.opts.AppendOnly {
+		aof = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	args := append([]string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--protected-mode", "yes", "--loglevel", "warning")
+		"--save", "", "--dir", s.dir,
+		"--protected-mode", "yes", "--loglevel", "warning",
+	}, aof...)
+	cmd := exec.Command(s.bin, args...)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", s.bin, err)
 	}

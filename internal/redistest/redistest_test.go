@@ -65,3 +65,16 @@ func TestRestartWhileRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestAppendOnlySurvivesRestart(t *testing.T) {
+	s := redistest.StartWith(t, redistest.Options{AppendOnly: true})
+	c := s.Client(t)
+	ctx := context.Background()
+	if err := c.Set(ctx, "k", "v", time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s.Restart()
+	if got, err := c.Get(ctx, "k").Result(); err != nil || got != "v" {
+		t.Fatalf("GET after restart = %q, %v; want the persisted value", got, err)
+	}
+}

@@ -1,0 +1,153 @@
+package matcher
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// GreedyConfig configures a Greedy matcher.
+type GreedyConfig struct {
+	// ETA ranks candidates; the nearest by distance is not always the
+	// soonest at the pickup.
+	ETA geo.ETAFunc
+	// OfferTTL is the lease a match takes on its driver: how long the
+	// driver has to accept. Zero means the Leases' OfferTTL.
+	OfferTTL time.Duration
+	// MaxAttempts bounds the reservations tried per match: under heavy
+	// contention a rider gets an answer (no driver) rather than a walk
+	// down the whole list.
+	MaxAttempts int
+}
+
+// DefaultGreedyConfig returns straight-line ETAs and up to 8 attempts.
+func DefaultGreedyConfig() GreedyConfig {
+	return GreedyConfig{ETA: geo.DefaultETA.ETA, MaxAttempts: 8}
+}
+
+// Validate checks c.
+func (c GreedyConfig) Validate() error {
+	switch {
+	case c.ETA == nil:
+		return fmt.Errorf("%w: ETA is nil", ErrInvalidConfig)
+	case c.OfferTTL < 0:
+		return fmt.Errorf("%w: OfferTTL %v is negative", ErrInvalidConfig, c.OfferTTL)
+	case c.MaxAttempts < 1:
+		return fmt.Errorf("%w: MaxAttempts %d must be at least 1", ErrInvalidConfig, c.MaxAttempts)
+	}
+	return nil
+}
+
+// Greedy is the first-come policy: each request gets the best driver free
+// right now, ranked by ETA, reserved through Leases; when another ride
+// took that driver first it falls back to the next.
+//
+// Safe for concurrent use; it holds no state of its own.
+type Greedy struct {
+	gather *Gatherer
+	leases *Leases
+	cfg    GreedyConfig
+}
+
+// NewGreedy returns a Greedy matcher.
+func NewGreedy(g *Gatherer, l *Leases, cfg GreedyConfig) (*Greedy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if g == nil || l == nil {
+		return nil, fmt.Errorf("%w: nil Gatherer or Leases", ErrInvalidConfig)
+	}
+	return &Greedy{gather: g, leases: l, cfg: cfg}, nil
+}
+
+// MatchRequest asks for a driver for one ride.
+type MatchRequest struct {
+	Ride   RideID
+	Pickup geo.LatLng
+	// Exclude holds drivers not to offer again (they declined this ride
+	// or let the offer time out).
+	Exclude []positions.DriverID
+}
+
+// Match is a reserved driver: the offer can go out. The ride owns the
+// lease until Token is committed (accept) or released (decline, cancel),
+// or the offer expires.
+type Match struct {
+	Ride   RideID
+	Driver positions.Candidate
+	ETA    time.Duration
+	Token  Token
+	// Tried is how many reservations were attempted (1 = no contention).
+	Tried int
+	// Partial, Ring and RadiusM describe the gather: a partial gather
+	// may have missed a nearer driver.
+	Partial bool
+	Ring    int
+	RadiusM float64
+}
+
+// Ranked is a candidate with its ETA.
+type Ranked struct {
+	positions.Candidate
+	ETA time.Duration
+}
+
+// Rank orders candidates by ETA from their position to pickup, then
+// distance, then ID, so that equal inputs give equal offers.
+func Rank(cands []positions.Candidate, pickup geo.LatLng, eta geo.ETAFunc) []Ranked {
+	out := make([]Ranked, len(cands))
+	for i, c := range cands {
+		out[i] = Ranked{Candidate: c, ETA: eta(c.Pos, pickup)}
+	}
+	slices.SortFunc(out, func(a, b Ranked) int {
+		if c := cmp.Compare(a.ETA, b.ETA); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.DistanceM, b.DistanceM); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	return out
+}
+
+// Match gathers candidates near the pickup, ranks them by ETA and
+// reserves the first that is free. It returns ErrNoDriver when none could
+// be reserved (none near, all taken, or MaxAttempts contended), and an
+// error wrapping ErrUnavailable as soon as Redis fails: no second
+// candidate is tried then, so a Redis outage costs one fast failure.
+func (m *Greedy) Match(ctx context.Context, req MatchRequest) (Match, error) {
+	if err := req.Ride.Validate(); err != nil {
+		return Match{}, err
+	}
+	gr, err := m.gather.Gather(ctx, req.Pickup, 0)
+	if err != nil {
+		return Match{}, err
+	}
+	match := Match{Ride: req.Ride, Partial: gr.Partial, Ring: gr.Ring, RadiusM: gr.RadiusM}
+	for _, c := range Rank(gr.Candidates, req.Pickup, m.cfg.ETA) {
+		if slices.Contains(req.Exclude, c.ID) {
+			continue
+		}
+		if match.Tried == m.cfg.MaxAttempts {
+			break
+		}
+		match.Tried++
+		tok, err := m.leases.Reserve(ctx, c.ID, req.Ride, m.cfg.OfferTTL)
+		if errors.Is(err, ErrDriverTaken) {
+			continue
+		}
+		if err != nil {
+			return match, err
+		}
+		match.Driver, match.ETA, match.Token = c.Candidate, c.ETA, tok
+		return match, nil
+	}
+	return match, fmt.Errorf("ride %s: %d candidates within %.0f m, %d tried: %w", req.Ride, len(gr.Candidates), gr.RadiusM, match.Tried, ErrNoDriver)
+}
