@@ -28,6 +28,10 @@ type config struct {
 	kafka           string        // comma-separated brokers; empty = in-process kfake
 	partitions      int           // partitions of the positions topic
 	ttl             time.Duration // driver TTL, also the rebuild window
+	redis           string        // host:port; empty = in-process miniredis
+	tokenSecret     string        // HMAC secret of bearer tokens; empty = dev secret
+	offerTimeout    time.Duration
+	allowedOrigins  string // extra browser origins for the driver WebSocket
 }
 
 var roles = []string{"all", "api", "worker"}
@@ -43,6 +47,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.kafka, "kafka", "", "comma-separated Kafka brokers (host:port); empty starts an in-process Kafka (kfake)")
 	fs.IntVar(&c.partitions, "partitions", 16, "partitions of the driver-positions topic (every gateway and worker must agree)")
 	fs.DurationVar(&c.ttl, "ttl", 30*time.Second, "a driver silent this long disappears; also the window a worker replays to rebuild a partition")
+	fs.StringVar(&c.redis, "redis", "", "Redis address (host:port); empty starts an in-process Redis (miniredis)")
+	fs.StringVar(&c.tokenSecret, "token-secret", "", "HMAC secret of bearer tokens (at least 16 bytes); empty uses a dev secret kept in the temp dir and prints dev tokens")
+	fs.DurationVar(&c.offerTimeout, "offer-timeout", 10*time.Second, "how long a driver has to answer an offer before the next candidate gets it")
+	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "comma-separated extra browser origins (host patterns) allowed to open the driver WebSocket")
 	if err := applyEnv(fs); err != nil {
 		return c, err
 	}
@@ -60,6 +68,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.ttl <= 0 {
 		return c, fmt.Errorf("-ttl %v: must be positive", c.ttl)
+	}
+	if c.offerTimeout < time.Second || c.offerTimeout > 5*time.Minute {
+		return c, fmt.Errorf("-offer-timeout %v: want 1s to 5m", c.offerTimeout)
 	}
 	if c.shutdownTimeout <= 0 {
 		return c, fmt.Errorf("-shutdown-timeout %v: must be positive", c.shutdownTimeout)
@@ -102,6 +113,9 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 // run is the whole program; main only wires signals and exit codes, so tests
 // start the real thing in-process.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "token" {
+		return runToken(args[1:], stdout, stderr)
+	}
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -132,6 +146,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	mux.HandleFunc("GET /readyz", in.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 
+	var front *api
+	if cfg.role == "all" || cfg.role == "api" {
+		if front, err = newAPI(ctx, cfg, log, in); err != nil {
+			return err
+		}
+		defer front.close()
+		front.register(reg)
+		front.routes(mux)
+	}
+
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.addr, err)
@@ -145,10 +169,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	fmt.Fprintf(stdout, "hexdispatch role=%s listening on http://%s\n", cfg.role, ln.Addr())
+	if front != nil && front.dev {
+		front.printDevTokens(stdout)
+	}
 	log.Info("started", "role", cfg.role, "addr", ln.Addr().String())
 
 	g, gctx := errgroup.WithContext(ctx)
 	in.run(gctx, g)
+	if front != nil {
+		front.run(gctx, g)
+	}
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
