@@ -126,7 +126,9 @@ func (a *Assignment) reset(rows int) {
 // ("On implementing 2D rectangular assignment algorithms", IEEE TAES 2016):
 // for each row, a Dijkstra search over reduced costs c - u - v finds the
 // cheapest augmenting path to a free column, then the duals u, v are
-// updated so reduced costs stay >= 0 and the path is flipped. Slack columns
+// updated so reduced costs stay >= 0 and the path is flipped; a warm start
+// (augmenting row reduction, see reduceRows) assigns most rows before any
+// search. Slack columns
 // are implicit: row i's slack joins the search only when row i is reached,
 // since no other row can use it, so the search scans cols + (rows reached)
 // columns, not cols + rows. Rows with no feasible pair are parked on their
@@ -140,16 +142,18 @@ type Solver struct {
 	// ETAs: MaxPickupETA in seconds). Zero means only +Inf is infeasible.
 	MaxCost float64
 
-	u, v      []float64 // duals of rows and of columns (real, then slack)
-	spc       []float64 // shortest path cost to each column in one search
-	path      []int32   // row preceding each column on the shortest path
-	col4row   []int32
-	row4col   []int32
-	cost      []float64 // the matrix with pairs above MaxCost set to +Inf
-	remaining []int32   // real columns not yet settled by the current search
-	slacks    []int32   // slack columns reached but not settled
-	rowsHit   []int32   // rows reached by the current search, for the dual update
-	colsHit   []int32   // columns settled by the current search
+	u, v    []float64 // duals of rows and of columns (real, then slack)
+	spc     []float64 // settled distance of each column in one search
+	path    []int32   // row preceding each column on the shortest path
+	col4row []int32
+	row4col []int32
+	cost    []float64 // the matrix with pairs above MaxCost set to +Inf
+	dist    []float64 // working distance of each real column in one search
+	vscan   []float64 // v of the real columns, -Inf once settled
+	slacks  []int32   // slack columns reached but not settled
+	free    []int32   // rows without a column during the warm start
+	rowsHit []int32   // rows reached by the current search, for the dual update
+	colsHit []int32   // columns settled by the current search
 }
 
 // Solve fills out with an optimal assignment for m (see [Solver] for the
@@ -198,33 +202,7 @@ func (s *Solver) Solve(m *CostMatrix, out *Assignment) error {
 		}
 		s.cost[k] = c
 	}
-	// Warm start by row reduction: u[i] = row i's cheapest feasible cost
-	// with v = 0 is dual feasible (slack pairs too, since P > cmax), and a
-	// row whose cheapest column is still free takes it at reduced cost 0.
-	// Free columns keep v = 0, as the rectangular method requires. Rows
-	// with no feasible pair are parked on their slack (u = P); no other
-	// row can reach them.
-	for i := range rows {
-		s.col4row[i] = -1
-		best, bestC := -1, math.Inf(1)
-		for j, c := range s.cost[i*cols : (i+1)*cols] {
-			if c < bestC || (best >= 0 && c == bestC && s.row4col[j] < 0 && s.row4col[best] >= 0) {
-				best, bestC = j, c
-			}
-		}
-		switch {
-		case best < 0:
-			s.u[i] = penalty
-			s.col4row[i] = int32(cols + i)
-			s.row4col[cols+i] = int32(i)
-		case s.row4col[best] < 0:
-			s.u[i] = bestC
-			s.col4row[i] = int32(best)
-			s.row4col[best] = int32(i)
-		default:
-			s.u[i] = bestC
-		}
-	}
+	s.reduceRows(rows, cols, penalty)
 
 	for cur := range rows {
 		if s.col4row[cur] >= 0 {
@@ -266,18 +244,124 @@ func (s *Solver) Solve(m *CostMatrix, out *Assignment) error {
 	return nil
 }
 
+// reduceRows is the warm start: Jonker and Volgenant's augmenting row
+// reduction, which assigns most rows before any shortest path search.
+//
+// Each free row i finds its lowest and second-lowest h = c - v (u1 at j1,
+// u2 at j2, over the real columns and its own slack), takes j1 and lowers
+// v[j1] by u2 - u1 so that j1 stays i's cheapest column, evicting j1's
+// previous row. Invariants that the search then relies on: every assigned
+// row sits on a column minimising c - v; only columns that become (and
+// stay) assigned have v lowered, so v <= 0 and free columns keep v = 0,
+// which the rectangular method requires. Two passes over the free rows, as
+// in the paper, with a step budget since floating-point differences can
+// make the eviction chains long; rows still free go to the search.
+// Rows with no feasible pair are parked on their slack with u = P; no
+// other row can reach them. Finally u is set to the tightest dual: c - v
+// on the assigned column, min(c - v) for free rows.
+func (s *Solver) reduceRows(rows, cols int, penalty float64) {
+	free := s.free[:0]
+	for i := range rows {
+		s.col4row[i] = -1
+		feasible := false
+		for _, c := range s.cost[i*cols : (i+1)*cols] {
+			if c < math.Inf(1) {
+				feasible = true
+				break
+			}
+		}
+		if feasible {
+			free = append(free, int32(i))
+			continue
+		}
+		s.col4row[i] = int32(cols + i)
+		s.row4col[cols+i] = int32(i)
+	}
+	v, row4col := s.v, s.row4col
+	budget := 8*rows + 64
+	for pass := 0; pass < 2 && len(free) > 0 && budget > 0; pass++ {
+		k, next := 0, 0
+		for k < len(free) && budget > 0 {
+			budget--
+			i := int(free[k])
+			k++
+			u1, u2, j1, j2 := math.Inf(1), math.Inf(1), -1, -1
+			for j, c := range s.cost[i*cols : (i+1)*cols] {
+				if h := c - v[j]; h < u2 {
+					if h < u1 {
+						u2, j2, u1, j1 = u1, j1, h, j
+					} else {
+						u2, j2 = h, j
+					}
+				}
+			}
+			if h, j := penalty-v[cols+i], cols+i; h < u2 {
+				if h < u1 {
+					u2, j2, u1, j1 = u1, j1, h, j
+				} else {
+					u2, j2 = h, j
+				}
+			}
+			i0 := row4col[j1]
+			lowered := false
+			switch {
+			case u1 < u2 && !math.IsInf(u2, 1):
+				v[j1] -= u2 - u1
+				lowered = true
+			case u1 == u2 && i0 >= 0:
+				j1, i0 = j2, row4col[j2] // a tie: prefer the other column
+			}
+			s.col4row[i] = int32(j1)
+			row4col[j1] = int32(i)
+			if i0 < 0 {
+				continue
+			}
+			s.col4row[i0] = -1
+			if lowered {
+				k-- // chase the evicted row now
+				free[k] = i0
+			} else {
+				free[next] = i0
+				next++
+			}
+		}
+		if budget > 0 {
+			free = free[:next]
+		}
+	}
+	for i := range rows {
+		if j := int(s.col4row[i]); j >= cols {
+			s.u[i] = penalty - v[j]
+		} else if j >= 0 {
+			s.u[i] = s.cost[i*cols+j] - v[j]
+		} else {
+			u := penalty - v[cols+i]
+			for j, c := range s.cost[i*cols : (i+1)*cols] {
+				u = min(u, c-v[j])
+			}
+			s.u[i] = u
+		}
+	}
+}
+
 // search runs one Dijkstra over reduced costs from row cur and returns the
 // free column it reached (or -1) and the path's length. It leaves the rows
-// and columns it touched in rowsHit and colsHit.
+// and columns it touched in rowsHit and colsHit, and each settled column's
+// distance in spc.
+//
+// The real columns are scanned in index order over flat arrays, which is
+// several times faster than chasing a list of unsettled columns: a settled
+// column is taken out of the scan by setting its working distance to +Inf
+// and its working dual to -Inf, so that no row can lower it again.
 func (s *Solver) search(cols int, penalty float64, cur int) (int, float64) {
-	s.remaining = s.remaining[:0]
-	for j := range cols {
-		s.remaining = append(s.remaining, int32(j))
-		s.spc[j] = math.Inf(1)
+	dist, vs := s.dist[:cols], s.vscan[:cols]
+	path, row4col := s.path[:cols], s.row4col[:cols]
+	copy(vs, s.v[:cols])
+	for j := range dist {
+		dist[j] = math.Inf(1)
 	}
 	s.slacks = s.slacks[:0]
 	s.rowsHit, s.colsHit = s.rowsHit[:0], s.colsHit[:0]
-	spc, v, path, row4col := s.spc, s.v, s.path, s.row4col
 	minVal := 0.0
 	i := cur
 	for {
@@ -286,28 +370,35 @@ func (s *Solver) search(cols int, penalty float64, cur int) (int, float64) {
 
 		// Real columns: the hot loop.
 		row := s.cost[i*cols : (i+1)*cols]
+		row = row[:len(dist)]
+		vs := vs[:len(dist)]
+		path := path[:len(dist)]
 		lowest, index, inSlacks := math.Inf(1), -1, false
-		for k, j := range s.remaining {
-			sp := spc[j]
-			if r := base + row[j] - v[j]; r < sp {
-				path[j] = int32(i)
-				spc[j] = r
-				sp = r
+		i32 := int32(i)
+		for j, c := range row {
+			// Branch-free relaxation: early in a search most columns
+			// improve, later almost none do, and the branch mispredicts.
+			d, p := dist[j], path[j]
+			r := base + c - vs[j]
+			if r < d {
+				p = i32
 			}
+			d = min(d, r)
+			dist[j], path[j] = d, p
 			// Ties go to a free column: the search can stop there.
-			if sp < lowest || (sp == lowest && row4col[j] < 0) {
-				lowest, index = sp, k
+			if d < lowest || (d == lowest && row4col[j] < 0 && !math.IsInf(d, 1)) {
+				lowest, index = d, j
 			}
 		}
 		// Slack columns: row i's own joins now (only row i can use it);
 		// those of rows reached earlier keep their cost. All are free.
 		slack := int32(cols + i)
-		spc[slack] = base + penalty - v[slack]
-		path[slack] = int32(i)
+		s.spc[slack] = base + penalty - s.v[slack]
+		s.path[slack] = int32(i)
 		s.slacks = append(s.slacks, slack)
-		lowestFree := index >= 0 && row4col[s.remaining[index]] < 0
+		lowestFree := index >= 0 && row4col[index] < 0
 		for k, j := range s.slacks {
-			if sp := spc[j]; sp < lowest || (sp == lowest && !lowestFree) {
+			if sp := s.spc[j]; sp < lowest || (sp == lowest && !lowestFree) {
 				lowest, index, inSlacks = sp, k, true
 			}
 		}
@@ -321,20 +412,25 @@ func (s *Solver) search(cols int, penalty float64, cur int) (int, float64) {
 			s.slacks[index] = s.slacks[len(s.slacks)-1]
 			s.slacks = s.slacks[:len(s.slacks)-1]
 		} else {
-			j = s.remaining[index]
-			s.remaining[index] = s.remaining[len(s.remaining)-1]
-			s.remaining = s.remaining[:len(s.remaining)-1]
+			j = int32(index)
+			s.spc[j] = lowest
+			dist[j] = math.Inf(1)
+			vs[j] = math.Inf(-1)
 		}
 		s.colsHit = append(s.colsHit, j)
-		if row4col[j] < 0 {
+		if s.row4col[j] < 0 {
 			return int(j), minVal
 		}
-		i = int(row4col[j])
+		i = int(s.row4col[j])
 	}
 }
 
 func (s *Solver) grow(rows, cols int) {
 	n := rows + cols
+	if cap(s.dist) < cols {
+		s.dist = make([]float64, cols)
+		s.vscan = make([]float64, cols)
+	}
 	if cap(s.cost) < rows*cols {
 		s.cost = make([]float64, rows*cols)
 	}
@@ -344,13 +440,13 @@ func (s *Solver) grow(rows, cols int) {
 		s.col4row = make([]int32, rows)
 		s.rowsHit = make([]int32, 0, rows)
 		s.slacks = make([]int32, 0, rows)
+		s.free = make([]int32, 0, rows)
 	}
 	if cap(s.v) < n {
 		s.v = make([]float64, n)
 		s.spc = make([]float64, n)
 		s.path = make([]int32, n)
 		s.row4col = make([]int32, n)
-		s.remaining = make([]int32, 0, n)
 		s.colsHit = make([]int32, 0, n)
 	}
 	s.u, s.col4row = s.u[:rows], s.col4row[:rows]

@@ -375,17 +375,52 @@ func cityPoint(rng *rand.Rand, b geo.BBox) geo.LatLng {
 	}
 }
 
+// hotspotPoint mirrors the benchmark city of package sim (which this
+// package's tests do not import): 40% uniform over benchCity, the rest in
+// Gaussian hot spots at the Financial District, SoMa, the Mission and the
+// Marina. Demand and supply pile up in the same places, which makes long
+// augmenting paths.
+func hotspotPoint(rng *rand.Rand) geo.LatLng {
+	hot := []struct{ lat, lng, sigmaM, w float64 }{
+		{37.7946, -122.3999, 600, 0.25}, {37.7785, -122.4056, 800, 0.15},
+		{37.7599, -122.4148, 700, 0.12}, {37.8037, -122.4368, 500, 0.08},
+	}
+	const mPerDeg = geo.EarthRadiusM * math.Pi / 180
+	for {
+		w := rng.Float64()
+		if w < 0.4 {
+			return cityPoint(rng, benchCity)
+		}
+		w -= 0.4
+		h := hot[len(hot)-1]
+		for _, c := range hot {
+			if w < c.w {
+				h = c
+				break
+			}
+			w -= c.w
+		}
+		p := geo.LatLng{
+			Lat: h.lat + rng.NormFloat64()*h.sigmaM/mPerDeg,
+			Lng: h.lng + rng.NormFloat64()*h.sigmaM/(mPerDeg*math.Cos(h.lat*math.Pi/180)),
+		}
+		if benchCity.Contains(p) {
+			return p
+		}
+	}
+}
+
 // cityCosts is a rows x cols matrix of pickup ETAs in seconds between
-// riders and drivers scattered over b, with geo.DefaultETA; pairs beyond
-// maxETA are left to the solver's MaxCost.
-func cityCosts(rng *rand.Rand, b geo.BBox, rows, cols int) *CostMatrix {
+// riders and drivers drawn by point, with geo.DefaultETA; pairs beyond
+// 15 min are left to the solver's MaxCost.
+func cityCosts(rng *rand.Rand, point func(*rand.Rand) geo.LatLng, rows, cols int) *CostMatrix {
 	m := NewCostMatrix(rows, cols)
 	drivers := make([]geo.LatLng, cols)
 	for j := range drivers {
-		drivers[j] = cityPoint(rng, b)
+		drivers[j] = point(rng)
 	}
 	for i := range rows {
-		p := cityPoint(rng, b)
+		p := point(rng)
 		for j, d := range drivers {
 			m.Set(i, j, geo.DefaultETA.ETA(d, p).Seconds())
 		}
@@ -403,10 +438,14 @@ func BenchmarkAssign(b *testing.B) {
 		name string
 		gen  func(rng *rand.Rand, n int) *CostMatrix
 	}{
-		{"city", func(rng *rand.Rand, n int) *CostMatrix { return cityCosts(rng, benchCity, n, n) }},
-		{"city-small-bbox", func(rng *rand.Rand, n int) *CostMatrix {
+		{"city-uniform", func(rng *rand.Rand, n int) *CostMatrix {
+			return cityCosts(rng, func(r *rand.Rand) geo.LatLng { return cityPoint(r, benchCity) }, n, n)
+		}},
+		{"city-hotspots", func(rng *rand.Rand, n int) *CostMatrix { return cityCosts(rng, hotspotPoint, n, n) }},
+		{"downtown", func(rng *rand.Rand, n int) *CostMatrix {
 			// a 3 km x 3 km downtown: every pair feasible, heavy contention
-			return cityCosts(rng, geo.BBox{MinLat: 37.775, MinLng: -122.42, MaxLat: 37.802, MaxLng: -122.386}, n, n)
+			box := geo.BBox{MinLat: 37.775, MinLng: -122.42, MaxLat: 37.802, MaxLng: -122.386}
+			return cityCosts(rng, func(r *rand.Rand) geo.LatLng { return cityPoint(r, box) }, n, n)
 		}},
 		{"dense-random", func(rng *rand.Rand, n int) *CostMatrix {
 			m := NewCostMatrix(n, n)
