@@ -104,6 +104,10 @@ type DriversConfig struct {
 	PingEvery time.Duration
 	// WriteTimeout bounds one WebSocket write.
 	WriteTimeout time.Duration
+	// Actions, when set, takes the drivers' ride frames (accept, decline,
+	// arrived, start, complete, cancel) from the WebSocket; Rides.DriverAction
+	// is it.
+	Actions func(ctx context.Context, driver positions.DriverID, ride RideID, kind EventKind) (Ride, error)
 }
 
 // DefaultDriversConfig returns the defaults (Sink and Signer unset).
@@ -304,6 +308,12 @@ func (d *Drivers) goOffline(id positions.DriverID, f OfflineFrame) error {
 	return d.publish(func() error { return d.cfg.Sink.Remove(id, f.Seq, p) })
 }
 
+// wsActions maps the ride frames a driver may send to their events.
+var wsActions = map[string]EventKind{
+	"accept": EvAccept, "decline": EvDecline, "arrived": EvArrive,
+	"start": EvStart, "complete": EvComplete, "cancel": EvDriverCancel,
+}
+
 // wsFrame is an upward WebSocket frame: {"type": "position", ...}.
 type wsFrame struct {
 	Type string `json:"type"`
@@ -380,10 +390,23 @@ func (d *Drivers) reader(ctx context.Context, conn *websocket.Conn, id positions
 			d.reply(dc, jsonError(err, d.cfg.ReadLimit))
 			continue
 		}
-		switch f.Type {
-		case "position":
+		kind, isAction := wsActions[f.Type]
+		switch {
+		case f.Type == "position":
 			if err := d.accept(id, f.PositionFrame); err != nil {
 				d.reply(dc, err)
+			}
+		case isAction && d.cfg.Actions != nil:
+			ride, err := d.cfg.Actions(ctx, id, f.Ride, kind)
+			if err != nil {
+				d.reply(dc, err)
+				continue
+			}
+			b, _ := json.Marshal(map[string]any{"type": "ack", "action": f.Type, "ride": ride.ID, "state": ride.State})
+			select {
+			case dc.out <- b:
+			default:
+				d.dropped.Add(1)
 			}
 		default:
 			d.rejected.Add(1)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -229,34 +230,54 @@ func (h *Rides) ended(ctx context.Context, before, after Ride) {
 	}
 }
 
-// driverStep handles a driver's answer to an offer or a trip step.
+// DriverAction applies a driver's answer to an offer (accept, decline) or
+// a trip step (arrived, start, complete, cancel) to ride id, over HTTP or
+// the driver's WebSocket. Answers return the ride as it was (the
+// dispatcher records them); steps return the ride after.
+func (h *Rides) DriverAction(ctx context.Context, driver positions.DriverID, id RideID, kind EventKind) (Ride, error) {
+	if id == "" || len(id) > 64 {
+		return Ride{}, BadField("ride", "ride id must be 1 to 64 bytes")
+	}
+	ride, err := h.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return Ride{}, storeError(err)
+	}
+	if ride.Driver != driver {
+		return Ride{}, storeError(ErrRideNotFound) // not yours: as if absent
+	}
+	switch kind {
+	case EvAccept, EvDecline:
+		if ride.State != Offered {
+			return Ride{}, storeError(fmt.Errorf("%w: %s in state %s", ErrIllegalTransition, kind, ride.State))
+		}
+		if !h.cfg.Dispatcher.Answer(ride.ID, driver, kind == EvAccept) {
+			return Ride{}, &APIError{Status: http.StatusConflict, Code: "no_pending_offer", Message: "no offer of this ride is waiting for your answer here"}
+		}
+		return ride, nil
+	case EvArrive, EvStart, EvComplete, EvDriverCancel:
+		next, err := h.cfg.Store.Apply(ctx, ride.ID, Event{Kind: kind, Driver: driver, At: h.cfg.Now()})
+		if err != nil {
+			return Ride{}, storeError(err)
+		}
+		h.ended(ctx, ride, next)
+		return next, nil
+	}
+	return Ride{}, BadField("type", "%s is not a driver action", kind)
+}
+
+// driverStep serves DriverAction over HTTP.
 func (h *Rides) driverStep(kind EventKind) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, _ := ClaimsFrom(r.Context())
-		driver := positions.DriverID(c.Subject)
-		ride, err := h.load(r)
+		ride, err := h.DriverAction(r.Context(), positions.DriverID(c.Subject), RideID(r.PathValue("id")), kind)
 		if err != nil {
 			WriteError(w, err)
 			return
 		}
 		if kind == EvAccept || kind == EvDecline {
-			if ride.State != Offered {
-				WriteError(w, storeError(ErrIllegalTransition))
-				return
-			}
-			if !h.cfg.Dispatcher.Answer(ride.ID, driver, kind == EvAccept) {
-				WriteError(w, &APIError{Status: http.StatusConflict, Code: "no_pending_offer", Message: "no offer of this ride is waiting for your answer here"})
-				return
-			}
 			writeJSON(w, http.StatusAccepted, map[string]any{"ride": ride.ID, "answer": kind.String()})
 			return
 		}
-		next, err := h.cfg.Store.Apply(r.Context(), ride.ID, Event{Kind: kind, Driver: driver, At: h.cfg.Now()})
-		if err != nil {
-			WriteError(w, storeError(err))
-			return
-		}
-		h.ended(r.Context(), ride, next)
-		writeJSON(w, http.StatusOK, view(next))
+		writeJSON(w, http.StatusOK, view(ride))
 	})
 }

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/hexdispatch/hexdispatch/dispatch"
+	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/matcher"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// api is the product surface of one process (roles all and api): the ride
+// store and leases in Redis (in-process miniredis when -redis is empty), the
+// driver gateway, the dispatcher, the ride-events relay and the ops console.
+type api struct {
+	mini    *miniredis.Miniredis // nil with -redis
+	rdb     *redis.Client
+	signer  *dispatch.Signer
+	events  *kgo.Client
+	relay   *dispatch.Relay
+	drivers *dispatch.Drivers
+	disp    *dispatch.Dispatcher
+	rides   *dispatch.Rides
+	ops     http.Handler
+	dev     bool // tokens use the dev secret: print some at start
+}
+
+// devSecretFile keeps the token secret of a dev start (no -token-secret)
+// so that tokens minted with `hexdispatch token` keep working across
+// restarts on this machine.
+func devSecretFile() string { return filepath.Join(os.TempDir(), "hexdispatch-dev-token-secret") }
+
+// tokenSecret returns the configured secret or the dev one (created on
+// first use, mode 0600).
+func tokenSecret(configured string) (secret []byte, dev bool, err error) {
+	if configured != "" {
+		return []byte(configured), false, nil
+	}
+	path := devSecretFile()
+	if b, err := os.ReadFile(path); err == nil && len(b) >= dispatch.MinSecretLen {
+		return b, true, nil
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return nil, false, err
+	}
+	s := []byte(hex.EncodeToString(raw[:]))
+	if err := os.WriteFile(path, s, 0o600); err != nil {
+		return nil, false, fmt.Errorf("writing dev token secret: %w", err)
+	}
+	return s, true, nil
+}
+
+func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *api, err error) {
+	a = &api{}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	quietLog := log.With("component", "api")
+	if cfg.redis == "" {
+		m := miniredis.NewMiniRedis()
+		if err := m.StartAddr("127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("in-process redis: %w", err)
+		}
+		a.mini = m
+		a.rdb = redis.NewClient(matcher.FailFastOptions(m.Addr()))
+		log.Info("in-process redis (miniredis) started", "addr", m.Addr())
+	} else {
+		a.rdb = redis.NewClient(matcher.FailFastOptions(cfg.redis))
+	}
+
+	secret, dev, err := tokenSecret(cfg.tokenSecret)
+	if err != nil {
+		return nil, err
+	}
+	if a.signer, err = dispatch.NewSigner(secret); err != nil {
+		return nil, fmt.Errorf("-token-secret: %w", err)
+	}
+
+	leases, err := matcher.NewLeases(a.rdb, matcher.DefaultLeaseConfig())
+	if err != nil {
+		return nil, err
+	}
+	store, err := dispatch.NewRideStore(a.rdb, dispatch.DefaultStoreConfig())
+	if err != nil {
+		return nil, err
+	}
+
+	a.events, err = kgo.NewClient(kgo.SeedBrokers(in.brokers...), kgo.DefaultProduceTopic(dispatch.DefaultRideEventsTopic))
+	if err != nil {
+		return nil, fmt.Errorf("kafka client for ride events: %w", err)
+	}
+	tctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = positions.EnsureTopic(tctx, a.events, dispatch.DefaultRideEventsTopic, int32(cfg.partitions))
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	rc := dispatch.DefaultRelayConfig()
+	rc.Logger = quietLog
+	if a.relay, err = dispatch.NewRelay(store, a.events, rc); err != nil {
+		return nil, err
+	}
+
+	dc := dispatch.DefaultDriversConfig()
+	dc.Sink, dc.Signer, dc.Logger = in.publisher, a.signer, quietLog
+	// Set before the server serves; the closure breaks the construction
+	// cycle drivers -> dispatcher -> rides -> drivers.
+	dc.Actions = func(ctx context.Context, d positions.DriverID, r dispatch.RideID, k dispatch.EventKind) (dispatch.Ride, error) {
+		return a.rides.DriverAction(ctx, d, r, k)
+	}
+	if cfg.allowedOrigins != "" {
+		dc.OriginPatterns = strings.Split(cfg.allowedOrigins, ",")
+	}
+	if a.drivers, err = dispatch.NewDrivers(dc); err != nil {
+		return nil, err
+	}
+
+	if in.worker == nil {
+		return nil, errors.New("-role api needs the cross-process worker query RPC, which is not built yet; run -role all")
+	}
+	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: int32(cfg.partitions)}
+	gc := matcher.DefaultGatherConfig()
+	gc.Partitioner = pt
+	g, err := matcher.NewGatherer(matcher.LocalOwners{Querier: in.worker}, gc)
+	if err != nil {
+		return nil, err
+	}
+	xc := dispatch.DefaultDispatcherConfig()
+	xc.Store, xc.Leases, xc.Notifier, xc.Relay, xc.Logger = store, leases, a.drivers, a.relay, quietLog
+	xc.OfferTimeout = cfg.offerTimeout
+	xc.Finder = etaFinder{g: g, leases: leases, eta: geo.DefaultETA.ETA, ttl: cfg.offerTimeout + 2*time.Second}
+	if a.disp, err = dispatch.NewDispatcher(xc); err != nil {
+		return nil, err
+	}
+	limiter, err := dispatch.NewRateLimiter(2, 10, 100_000, time.Now)
+	if err != nil {
+		return nil, err
+	}
+	if a.rides, err = dispatch.NewRides(dispatch.RidesConfig{Store: store, Dispatcher: a.disp, Leases: leases,
+		Signer: a.signer, Relay: a.relay, Limiter: limiter, Now: time.Now, Logger: quietLog}); err != nil {
+		return nil, err
+	}
+	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: workerSupply{w: in.worker, parts: int32(cfg.partitions)}, Signer: a.signer})
+
+	a.dev = dev
+	return a, nil
+}
+
+func (a *api) printDevTokens(w io.Writer) {
+	exp := time.Now().Add(24 * time.Hour)
+	mint := func(sub string, role dispatch.Role) string {
+		t, _ := a.signer.Mint(dispatch.Claims{Subject: sub, Role: role, Expires: exp})
+		return t
+	}
+	fmt.Fprintf(w, "dev tokens (24 h; secret in %s; mint more with: hexdispatch token -role driver -sub d42):\n", devSecretFile())
+	fmt.Fprintf(w, "  ops   ops1: %s\n", mint("ops1", dispatch.RoleOps))
+	fmt.Fprintf(w, "  rider u1:   %s\n", mint("u1", dispatch.RoleRider))
+	fmt.Fprintf(w, "  driver d1:  %s\n", mint("d1", dispatch.RoleDriver))
+}
+
+// routes adds the API to mux.
+func (a *api) routes(mux *http.ServeMux) {
+	a.drivers.Routes(mux)
+	a.rides.Routes(mux)
+	mux.Handle("GET /ops", a.ops)
+	mux.Handle("GET /v1/ops/", a.ops)
+}
+
+// run starts the relay; when ctx ends it stops the searches and closes the
+// WebSockets.
+func (a *api) run(ctx context.Context, g *errgroup.Group) {
+	g.Go(func() error { return a.relay.Run(ctx) })
+	g.Go(func() error {
+		<-ctx.Done()
+		a.drivers.Close()
+		a.disp.Close()
+		return nil
+	})
+}
+
+// close releases what newAPI opened; call it after run's goroutines
+// returned.
+func (a *api) close() {
+	if a.events != nil {
+		a.events.Close()
+	}
+	if a.rdb != nil {
+		a.rdb.Close()
+	}
+	if a.mini != nil {
+		a.mini.Close()
+	}
+}
+
+// register adds the API's collectors to reg.
+func (a *api) register(reg *prometheus.Registry) {
+	reg.MustRegister(apiCollector{a})
+}
+
+// etaFinder is the greedy policy: gather the nearest candidates across the
+// shards, rank them by pickup ETA, reserve the best free one.
+type etaFinder struct {
+	g      *matcher.Gatherer
+	leases *matcher.Leases
+	eta    geo.ETAFunc
+	ttl    time.Duration
+}
+
+func (f etaFinder) Find(ctx context.Context, ride matcher.RideID, pickup geo.LatLng, skip func(positions.DriverID) bool) (dispatch.Offer, error) {
+	res, err := f.g.Gather(ctx, pickup, 10)
+	if err != nil {
+		return dispatch.Offer{}, err
+	}
+	type ranked struct {
+		c   positions.Candidate
+		eta time.Duration
+	}
+	rs := make([]ranked, 0, len(res.Candidates))
+	for _, c := range res.Candidates {
+		if !skip(c.ID) {
+			rs = append(rs, ranked{c, f.eta(c.Pos, pickup)})
+		}
+	}
+	for i := 1; i < len(rs); i++ { // few candidates: insertion sort by ETA
+		for j := i; j > 0 && rs[j].eta < rs[j-1].eta; j-- {
+			rs[j], rs[j-1] = rs[j-1], rs[j]
+		}
+	}
+	for _, r := range rs {
+		tok, err := f.leases.Reserve(ctx, r.c.ID, ride, f.ttl)
+		if errors.Is(err, matcher.ErrDriverTaken) {
+			continue // contention: the next best
+		}
+		if err != nil {
+			return dispatch.Offer{}, err
+		}
+		return dispatch.Offer{Driver: r.c.ID, Token: tok, ETA: r.eta, DistanceM: r.c.DistanceM}, nil
+	}
+	return dispatch.Offer{}, matcher.ErrNoDriver
+}
+
+// workerSupply sums cell counts over every partition of the in-process
+// worker.
+type workerSupply struct {
+	w     *positions.Worker
+	parts int32
+}
+
+func (s workerSupply) CellCounts(ctx context.Context, res int, f positions.Filter) (map[geo.Cell]int, []positions.Partition, error) {
+	all := make([]positions.Partition, s.parts)
+	for i := range all {
+		all[i] = positions.Partition(i)
+	}
+	r, err := s.w.CellCounts(ctx, positions.CellCountsRequest{Partitions: all, Res: res, Filter: f})
+	return r.Counts, r.Missed, err
+}
+
+// apiCollector exports the API's counters.
+type apiCollector struct{ a *api }
+
+var (
+	descDriverPositions = prometheus.NewDesc("hexd_gateway_positions_total", "Driver positions accepted by the gateway.", nil, nil)
+	descDriverRejected  = prometheus.NewDesc("hexd_gateway_rejected_total", "Driver frames rejected as invalid.", nil, nil)
+	descDriverShed      = prometheus.NewDesc("hexd_gateway_shed_total", "Driver positions shed with 429 because the publisher was full.", nil, nil)
+	descDriverDropped   = prometheus.NewDesc("hexd_gateway_dropped_messages_total", "Messages to drivers dropped because their send queue was full.", nil, nil)
+	descSearches        = prometheus.NewDesc("hexd_dispatch_searches_total", "Ride searches started.", nil, nil)
+	descOffers          = prometheus.NewDesc("hexd_dispatch_offers_total", "Offers sent to drivers, by outcome.", []string{"outcome"}, nil)
+	descNoDriver        = prometheus.NewDesc("hexd_dispatch_no_driver_total", "Rides that ended with no driver.", nil, nil)
+	descDispatchErrors  = prometheus.NewDesc("hexd_dispatch_errors_total", "Errors inside ride searches.", nil, nil)
+	descRelay           = prometheus.NewDesc("hexd_ride_events_total", "Ride events moved to Kafka, and relay errors.", []string{"result"}, nil)
+)
+
+func (c apiCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c apiCollector) Collect(ch chan<- prometheus.Metric) {
+	d := c.a.drivers.Stats()
+	ch <- prometheus.MustNewConstMetric(descDriverPositions, prometheus.CounterValue, float64(d.Positions))
+	ch <- prometheus.MustNewConstMetric(descDriverRejected, prometheus.CounterValue, float64(d.Rejected))
+	ch <- prometheus.MustNewConstMetric(descDriverShed, prometheus.CounterValue, float64(d.Shed))
+	ch <- prometheus.MustNewConstMetric(descDriverDropped, prometheus.CounterValue, float64(d.Dropped))
+	x := c.a.disp.Stats()
+	ch <- prometheus.MustNewConstMetric(descSearches, prometheus.CounterValue, float64(x.Searches))
+	for outcome, v := range map[string]uint64{"sent": x.Offers, "accepted": x.Accepted, "declined": x.Declined, "timed_out": x.TimedOut} {
+		ch <- prometheus.MustNewConstMetric(descOffers, prometheus.CounterValue, float64(v), outcome)
+	}
+	ch <- prometheus.MustNewConstMetric(descNoDriver, prometheus.CounterValue, float64(x.NoDriver))
+	ch <- prometheus.MustNewConstMetric(descDispatchErrors, prometheus.CounterValue, float64(x.Errors))
+	r := c.a.relay.Stats()
+	ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(r.Produced), "produced")
+	ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(r.Errors), "error")
+	ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(r.Dropped), "notice_dropped")
+}

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+const testSecret = "test-secret-0123456789abcdef"
+
+func mintToken(t *testing.T, role, sub string) string {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"token", "-secret", testSecret, "-role", role, "-sub", sub}, &out, &errOut); err != nil {
+		t.Fatalf("token: %v %s", err, errOut.String())
+	}
+	return strings.TrimSpace(out.String())
+}
+
+func call(t *testing.T, method, url, token, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	json.Unmarshal(b, &m)
+	return resp.StatusCode, m
+}
+
+// TestRunMatchesARide drives the real program, all roles in one process on
+// embedded Kafka and Redis: a driver comes online over the WebSocket, a
+// rider requests a ride, the driver gets the offer and accepts over the
+// WebSocket, and the trip runs to completion over HTTP.
+func TestRunMatchesARide(t *testing.T) {
+	base := startRun(t, "-token-secret", testSecret, "-partitions", "4")
+	waitReady(t, base, 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	driverTok := mintToken(t, "driver", "d1")
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+"/v1/drivers/ws?access_token="+driverTok, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	write := func(m map[string]any) {
+		b, _ := json.Marshal(m)
+		if err := c.Write(ctx, websocket.MessageText, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(map[string]any{"type": "position", "lat": 40.7590, "lng": -73.9845, "status": "available", "seq": 1})
+
+	rider := mintToken(t, "rider", "u1")
+	code, ride := call(t, "POST", base+"/v1/rides", rider, `{"pickup":{"lat":40.7580,"lng":-73.9855},"dropoff":{"lat":40.7061,"lng":-74.0087}}`)
+	if code != http.StatusCreated {
+		t.Fatalf("request: %d %v", code, ride)
+	}
+	id := ride["id"].(string)
+	for {
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			t.Fatalf("waiting for the offer: %v", err)
+		}
+		var m map[string]any
+		json.Unmarshal(b, &m)
+		if m["type"] == "offer" && m["ride"] == id {
+			break
+		}
+	}
+	write(map[string]any{"type": "accept", "ride": id})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, v := call(t, "GET", base+"/v1/rides/"+id, rider, "")
+		if v["state"] == "accepted" && v["driver"] == "d1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ride never accepted: %v", v)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, step := range []string{"arrived", "start", "complete"} {
+		if code, v := call(t, "POST", base+"/v1/rides/"+id+"/"+step, driverTok, ""); code != 200 {
+			t.Fatalf("%s: %d %v", step, code, v)
+		}
+	}
+	_, v := call(t, "GET", base+"/v1/rides/"+id, rider, "")
+	if v["state"] != "completed" {
+		t.Fatalf("final ride %v", v)
+	}
+	code, body := get(t, base+"/metrics")
+	if code != 200 || sumMetric(body, "hexd_dispatch_offers_total") < 2 || sumMetric(body, "hexd_gateway_positions_total") < 1 {
+		t.Fatalf("metrics missing dispatch counters:\n%s", body)
+	}
+	ops := mintToken(t, "ops", "o1")
+	if code, h := call(t, "GET", base+"/v1/ops/heatmap?layer=drivers", ops, ""); code != 200 || h["cells"] == nil {
+		t.Fatalf("heatmap: %d %v", code, h)
+	}
+}
+
+func TestTokenCommand(t *testing.T) {
+	for _, args := range [][]string{
+		{"token", "-secret", testSecret, "-role", "admin", "-sub", "x"},
+		{"token", "-secret", testSecret, "-role", "driver"},
+		{"token", "-secret", "short", "-role", "driver", "-sub", "d1"},
+		{"token", "-secret", testSecret, "-role", "driver", "-sub", "d1", "-ttl", "0s"},
+	} {
+		if err := run(context.Background(), args, io.Discard, io.Discard); err == nil {
+			t.Errorf("run(%v) = nil, want error", args)
+		}
+	}
+}
