@@ -65,6 +65,8 @@ func newIngest(ctx context.Context, cfg config, log *slog.Logger) (*ingest, erro
 		wc := positions.DefaultWorkerConfig()
 		wc.Brokers, wc.Logger = in.brokers, log
 		wc.Index.TTL = cfg.ttl
+		wc.SessionTimeout = cfg.sessionTimeout
+		wc.HeartbeatInterval = cfg.sessionTimeout / 10
 		w, err := positions.NewWorker(wc)
 		if err != nil {
 			in.close()

@@ -109,9 +109,28 @@ func TestRunRejectsBadIngestFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"-partitions", "0"},
 		{"-ttl", "0s"},
+		{"-session-timeout", "1ms"},
 	} {
 		if err := run(context.Background(), args, io.Discard, io.Discard); err == nil {
 			t.Errorf("run(%v) = nil, want error", args)
 		}
+	}
+}
+
+// TestRunReadyzUnavailableUntilJoined points a worker at a broker whose
+// minimum session timeout (Kafka's default 6 s) rejects the worker's 3 s:
+// it never joins the group, so /readyz must keep answering 503.
+func TestRunReadyzUnavailableUntilJoined(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, positions.DefaultTopic), kfake.SeedTopics(1, positions.DefaultDLQTopic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	base := startRun(t, "-role", "worker", "-kafka", strings.Join(c.ListenAddrs(), ","), "-partitions", "2", "-session-timeout", "3s")
+	for range 3 {
+		if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "not ready") {
+			t.Fatalf("/readyz = %d %q, want 503 not ready", code, body)
+		}
+		time.Sleep(50 * time.Millisecond) // not synchronisation: samples a state that must not change
 	}
 }

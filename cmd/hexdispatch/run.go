@@ -28,6 +28,7 @@ type config struct {
 	kafka           string        // comma-separated brokers; empty = in-process kfake
 	partitions      int           // partitions of the positions topic
 	ttl             time.Duration // driver TTL, also the rebuild window
+	sessionTimeout  time.Duration // worker consumer-group session timeout
 	redis           string        // host:port; empty = in-process miniredis
 	tokenSecret     string        // HMAC secret of bearer tokens; empty = dev secret
 	offerTimeout    time.Duration
@@ -47,6 +48,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.kafka, "kafka", "", "comma-separated Kafka brokers (host:port); empty starts an in-process Kafka (kfake)")
 	fs.IntVar(&c.partitions, "partitions", 16, "partitions of the driver-positions topic (every gateway and worker must agree)")
 	fs.DurationVar(&c.ttl, "ttl", 30*time.Second, "a driver silent this long disappears; also the window a worker replays to rebuild a partition")
+	fs.DurationVar(&c.sessionTimeout, "session-timeout", 3*time.Second, "worker consumer-group session timeout: how long a dead worker's partitions stay unowned (Kafka's group.min.session.timeout.ms, 6s by default, must allow it)")
 	fs.StringVar(&c.redis, "redis", "", "Redis address (host:port); empty starts an in-process Redis (miniredis)")
 	fs.StringVar(&c.tokenSecret, "token-secret", "", "HMAC secret of bearer tokens (at least 16 bytes); empty uses a dev secret kept in the temp dir and prints dev tokens")
 	fs.DurationVar(&c.offerTimeout, "offer-timeout", 10*time.Second, "how long a driver has to answer an offer before the next candidate gets it")
@@ -65,6 +67,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.partitions < 1 || c.partitions > 1<<16 {
 		return c, fmt.Errorf("-partitions %d: want 1..65536", c.partitions)
+	}
+	if c.sessionTimeout < 100*time.Millisecond {
+		return c, fmt.Errorf("-session-timeout %v: want at least 100ms", c.sessionTimeout)
 	}
 	if c.ttl <= 0 {
 		return c, fmt.Errorf("-ttl %v: must be positive", c.ttl)
