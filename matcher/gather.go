@@ -37,6 +37,13 @@ type GatherConfig struct {
 	// seen twice (mid-handoff between shards) does not push a real
 	// candidate out of the merged top N.
 	DupSlack int
+	// Probe asks the partition of the pickup's own search cell first, and
+	// the other partitions of the first ring only within the distance of
+	// the N-th driver it found. Exact either way; with it the other shards
+	// search a few hundred metres instead of the ring's whole radius
+	// (their drivers near the pickup are few, so a k-nearest search there
+	// runs out to the radius), at the price of a second round trip.
+	Probe bool
 	// PlanCache bounds the cached per-(cell, ring) plans: partitions to ask
 	// and the ring's outer edges. A city has a few thousand search cells;
 	// when the cache is full it is emptied and refilled.
@@ -54,6 +61,7 @@ func DefaultGatherConfig() GatherConfig {
 		Deadline:      50 * time.Millisecond,
 		Filter:        positions.Available,
 		DupSlack:      4,
+		Probe:         true,
 		PlanCache:     1 << 16,
 	}
 }
@@ -111,13 +119,16 @@ func (g *Gatherer) Config() GatherConfig { return g.cfg }
 // GatherResult is what a gather found.
 type GatherResult struct {
 	// Candidates are distinct drivers (the freshest seq of each), nearest
-	// first (ties by ID), all within RadiusM.
+	// first (ties by ID), all within RadiusM. Unless Partial, the first N
+	// are the true N nearest; any after them are extras the owners sent
+	// (useful to fall back on under contention), not a complete list.
 	Candidates []positions.Candidate
 	// Ring is the grid distance k of the last ring asked.
 	Ring int
-	// RadiusM is the radius searched. Unless Partial, every driver within
-	// it that matches the filter was considered, so the first N
-	// candidates are the true N nearest.
+	// RadiusM is the radius of the last ring: the distance up to which the
+	// ring's cells are guaranteed to hold every driver (capped at
+	// MaxRadiusM). Fewer than N candidates means fewer than N drivers
+	// within it (unless Partial).
 	RadiusM float64
 	// Answered and Missed are the partitions of the last ring that
 	// answered and that did not (no owner, owner down, slow, rebuilding),
@@ -158,9 +169,23 @@ func (g *Gatherer) Gather(ctx context.Context, pickup geo.LatLng, n int) (Gather
 		}
 		radius := min(pl.coverageM(pickup), g.cfg.MaxRadiusM)
 		res.Ring, res.RadiusM = k, radius
-		res.Answered, res.Missed = g.ask(ctx, pl.parts, positions.NearestRequest{
-			Center: pickup, K: n + g.cfg.DupSlack, RadiusM: radius, Filter: g.cfg.Filter,
-		}, best)
+		req := positions.NearestRequest{Center: pickup, K: n + g.cfg.DupSlack, RadiusM: radius, Filter: g.cfg.Filter}
+		if k == 1 && g.cfg.Probe && len(pl.parts) > 1 {
+			// The probe gets half the deadline: a hung owner of the home
+			// partition must not starve the rest of the ring.
+			pctx, pcancel := context.WithTimeout(ctx, g.cfg.Deadline/2)
+			ans, miss := g.ask(pctx, []positions.Partition{pl.home}, req, best)
+			pcancel()
+			if d, ok := nthDistance(best, n); ok {
+				req.RadiusM = min(radius, d)
+			}
+			rest := slices.DeleteFunc(slices.Clone(pl.parts), func(p positions.Partition) bool { return p == pl.home })
+			ans2, miss2 := g.ask(ctx, rest, req, best)
+			res.Answered = mergeSorted(ans, ans2)
+			res.Missed = mergeSorted(miss, miss2)
+		} else {
+			res.Answered, res.Missed = g.ask(ctx, pl.parts, req, best)
+		}
 		within := 0
 		for _, c := range best {
 			if c.DistanceM <= radius {
@@ -242,6 +267,26 @@ func (g *Gatherer) ask(ctx context.Context, parts []positions.Partition, req pos
 	return answered, slices.Compact(missed)
 }
 
+// nthDistance returns the distance of the n-th nearest candidate in best.
+func nthDistance(best map[positions.DriverID]positions.Candidate, n int) (float64, bool) {
+	if len(best) < n {
+		return 0, false
+	}
+	ds := make([]float64, 0, len(best))
+	for _, c := range best {
+		ds = append(ds, c.DistanceM)
+	}
+	slices.Sort(ds)
+	return ds[n-1], true
+}
+
+// mergeSorted merges two sorted partition lists without duplicates.
+func mergeSorted(a, b []positions.Partition) []positions.Partition {
+	out := append(slices.Clone(a), b...)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 type planKey struct {
 	cell geo.Cell
 	k    int
@@ -250,6 +295,7 @@ type planKey struct {
 // plan is what a gather of one ring around one search cell needs: the
 // partitions under the disk, and the edges of the ring just outside it.
 type plan struct {
+	home  positions.Partition // the partition of the centre cell
 	parts []positions.Partition
 	// outer holds the edges of the cells at grid distance k+1, as pairs of
 	// corners. The nearest point outside the disk lies on one of them.
@@ -282,7 +328,11 @@ func newPlan(cell geo.Cell, k int, pt positions.Partitioner) (*plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	pl := &plan{}
+	home, err := pt.ForCell(cell)
+	if err != nil {
+		return nil, err
+	}
+	pl := &plan{home: home}
 	for _, c := range disk {
 		p, err := pt.ForCell(c)
 		if err != nil {

@@ -48,6 +48,7 @@ func TestGatherMatchesBruteForceAcrossShards(t *testing.T) {
 		cfg := matcher.DefaultGatherConfig()
 		cfg.Partitioner = pt
 		cfg.Deadline = time.Minute // correctness here, not speed; -race is slow
+		cfg.Probe = round%2 == 0
 		g, err := matcher.NewGatherer(cl.owners(), cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -103,69 +104,70 @@ func TestGatherPartialWhenAnOwnerIsMissingOrSlow(t *testing.T) {
 	center := geo.LatLng{Lat: 40.7580, Lng: -73.9855}
 	tests := []struct {
 		name   string
-		break_ func(cl *cluster, owners matcher.StaticOwners) *shard
+		break_ func(cl *cluster, owners matcher.StaticOwners, bad *shard)
 	}{
-		{"owner hangs past the deadline", func(cl *cluster, _ matcher.StaticOwners) *shard {
-			cl.shards[1].setBlock(true)
-			return cl.shards[1]
-		}},
-		{"owner fails", func(cl *cluster, _ matcher.StaticOwners) *shard {
-			cl.shards[1].fail = errors.New("connection reset")
-			return cl.shards[1]
-		}},
-		{"no owner published", func(cl *cluster, o matcher.StaticOwners) *shard {
+		{"owner hangs past the deadline", func(_ *cluster, _ matcher.StaticOwners, bad *shard) { bad.setBlock(true) }},
+		{"owner fails", func(_ *cluster, _ matcher.StaticOwners, bad *shard) { bad.fail = errors.New("connection reset") }},
+		{"no owner published", func(cl *cluster, o matcher.StaticOwners, bad *shard) {
 			for p, s := range cl.owner {
-				if s == cl.shards[1] {
+				if s == bad {
 					delete(o, p)
 				}
 			}
-			return cl.shards[1]
 		}},
-		{"owner does not hold the partitions", func(cl *cluster, _ matcher.StaticOwners) *shard {
-			s := cl.shards[1]
-			s.indexes = map[positions.Partition]*positions.Index{}
-			return s
+		{"owner does not hold the partitions", func(_ *cluster, _ matcher.StaticOwners, bad *shard) {
+			bad.indexes = map[positions.Partition]*positions.Index{}
 		}},
 	}
+	home, _, err := pt.ForPos(center)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(1, 2))
-			cl := newCluster(t, pt, 3)
-			cl.scatter(t, rng, center, 6000, 600)
-			owners := cl.owners()
-			bad := tt.break_(cl, owners)
-			cfg := matcher.DefaultGatherConfig()
-			cfg.Partitioner = pt
-			g, err := matcher.NewGatherer(owners, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			res, err := g.Gather(context.Background(), center, 50)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !res.Partial || len(res.Missed) == 0 || len(res.Answered) == 0 {
-				t.Fatalf("want a partial result with answered and missed partitions, got %+v", res)
-			}
-			for _, p := range res.Missed {
-				if cl.owner[p] != bad {
-					t.Errorf("partition %d of healthy %s reported missed", p, cl.owner[p].name)
+		for _, which := range []string{"home", "other"} {
+			t.Run(tt.name+"/"+which, func(t *testing.T) {
+				rng := rand.New(rand.NewPCG(1, 2))
+				cl := newCluster(t, pt, 3)
+				cl.scatter(t, rng, center, 6000, 600)
+				owners := cl.owners()
+				bad := cl.owner[home]
+				if which == "other" {
+					bad = cl.shards[(slices.Index(cl.shards, bad)+1)%len(cl.shards)]
 				}
-			}
-			for _, p := range res.Answered {
-				if cl.owner[p] == bad {
-					t.Errorf("partition %d of the broken owner reported answered", p)
+				tt.break_(cl, owners, bad)
+				cfg := matcher.DefaultGatherConfig()
+				cfg.Partitioner = pt
+				g, err := matcher.NewGatherer(owners, cfg)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			for _, c := range res.Candidates {
-				if cl.owner[cl.partitionOf(c.ID)] == bad {
-					t.Errorf("candidate %s from the broken owner", c.ID)
+				res, err := g.Gather(context.Background(), center, 50)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			if len(res.Candidates) == 0 {
-				t.Error("no candidates from the healthy owners")
-			}
-		})
+				if !res.Partial || len(res.Missed) == 0 || len(res.Answered) == 0 {
+					t.Fatalf("want a partial result with answered and missed partitions, got %+v", res)
+				}
+				for _, p := range res.Missed {
+					if cl.owner[p] != bad {
+						t.Errorf("partition %d of healthy %s reported missed", p, cl.owner[p].name)
+					}
+				}
+				for _, p := range res.Answered {
+					if cl.owner[p] == bad {
+						t.Errorf("partition %d of the broken owner reported answered", p)
+					}
+				}
+				for _, c := range res.Candidates {
+					if cl.owner[cl.partitionOf(c.ID)] == bad {
+						t.Errorf("candidate %s from the broken owner", c.ID)
+					}
+				}
+				if len(res.Candidates) == 0 {
+					t.Error("no candidates from the healthy owners")
+				}
+			})
+		}
 	}
 }
 

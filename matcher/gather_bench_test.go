@@ -1,0 +1,64 @@
+package matcher_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/matcher"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// benchGatherer is 100k drivers over a 30 x 30 km city, 12 partitions at
+// shard res 6 over 3 in-process owners, as `-role all` with three worker
+// shards would hold them.
+func benchGatherer(b *testing.B) (*matcher.Gatherer, geo.LatLng) {
+	b.Helper()
+	rng := rand.New(rand.NewPCG(1, 1))
+	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: 12}
+	cl := newCluster(b, pt, 3)
+	center := geo.LatLng{Lat: 37.7749, Lng: -122.4194}
+	cl.scatter(b, rng, center, 30_000, 100_000)
+	cfg := matcher.DefaultGatherConfig()
+	cfg.Partitioner = pt
+	g, err := matcher.NewGatherer(cl.owners(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return g, center
+}
+
+func BenchmarkGather(b *testing.B) {
+	g, center := benchGatherer(b)
+	rng := rand.New(rand.NewPCG(2, 2))
+	pickups := make([]geo.LatLng, 4096)
+	for i := range pickups {
+		pickups[i] = offset(center, (rng.Float64()-0.5)*28_000, (rng.Float64()-0.5)*28_000)
+	}
+	ctx := context.Background()
+	b.Run("serial", func(b *testing.B) {
+		var partial int
+		for i := 0; b.Loop(); i++ {
+			res, err := g.Gather(ctx, pickups[i%len(pickups)], 5)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res.Partial {
+				partial++
+			}
+		}
+		b.ReportMetric(float64(partial), "partial")
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			r := rand.New(rand.NewPCG(rand.Uint64(), 3))
+			for pb.Next() {
+				if _, err := g.Gather(ctx, pickups[r.IntN(len(pickups))], 5); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
