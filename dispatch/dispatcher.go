@@ -23,12 +23,12 @@ type Offer struct {
 }
 
 // Finder picks the best free driver for a pickup and reserves it (a lease
-// for the offer timeout), skipping drivers skip rejects. It returns an
+// for the offer timeout), skipping the excluded drivers. It returns an
 // error wrapping matcher.ErrNoDriver when nobody is free, and one wrapping
-// matcher.ErrUnavailable when the reservation store is down. The matcher's
-// greedy policy implements it.
+// matcher.ErrUnavailable when the reservation store is down.
+// *matcher.Greedy implements it.
 type Finder interface {
-	Find(ctx context.Context, ride matcher.RideID, pickup geo.LatLng, skip func(positions.DriverID) bool) (Offer, error)
+	Match(ctx context.Context, req matcher.MatchRequest) (matcher.Match, error)
 }
 
 // LeaseKeeper turns an offer's lease into the trip lock or lets it go;
@@ -239,10 +239,10 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 		log.Warn("search: cannot start", "err", err)
 		return
 	}
-	tried := map[positions.DriverID]bool{}
-	skip := func(id positions.DriverID) bool { return tried[id] }
+	var tried []positions.DriverID
 	for offers := 0; offers < d.cfg.MaxOffers; {
-		o, err := d.cfg.Finder.Find(ctx, matcher.RideID(r.ID), r.Pickup, skip)
+		m, err := d.cfg.Finder.Match(ctx, matcher.MatchRequest{Ride: matcher.RideID(r.ID), Pickup: r.Pickup, Exclude: tried})
+		o := Offer{Driver: m.Driver.ID, Token: m.Token, ETA: m.ETA, DistanceM: m.Driver.DistanceM}
 		switch {
 		case ctx.Err() != nil:
 			d.end(r.ID, log)
@@ -267,7 +267,7 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 			}
 		}
 		offers++
-		tried[o.Driver] = true
+		tried = append(tried, o.Driver)
 		if _, err := d.apply(ctx, r.ID, Event{Kind: EvOffer, Driver: o.Driver}); err != nil {
 			fctx, cancel := finalCtx()
 			d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)

@@ -22,36 +22,6 @@ import (
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
-// nearestFinder is the simplest policy built from the real pieces: gather
-// candidates across shards, take them nearest first, reserve the first
-// free one.
-type nearestFinder struct {
-	g      *matcher.Gatherer
-	leases *matcher.Leases
-	ttl    time.Duration
-}
-
-func (f nearestFinder) Find(ctx context.Context, ride matcher.RideID, pickup geo.LatLng, skip func(positions.DriverID) bool) (dispatch.Offer, error) {
-	res, err := f.g.Gather(ctx, pickup, 5)
-	if err != nil {
-		return dispatch.Offer{}, err
-	}
-	for _, c := range res.Candidates {
-		if skip(c.ID) {
-			continue
-		}
-		tok, err := f.leases.Reserve(ctx, c.ID, ride, f.ttl)
-		if errors.Is(err, matcher.ErrDriverTaken) {
-			continue
-		}
-		if err != nil {
-			return dispatch.Offer{}, err
-		}
-		return dispatch.Offer{Driver: c.ID, Token: tok, DistanceM: c.DistanceM, ETA: geo.DefaultETA.ForDistance(c.DistanceM)}, nil
-	}
-	return dispatch.Offer{}, matcher.ErrNoDriver
-}
-
 type engine struct {
 	srv    *httptest.Server
 	signer *dispatch.Signer
@@ -113,7 +83,13 @@ func newEngine(t *testing.T, offerTimeout time.Duration) *engine {
 		t.Fatal(err)
 	}
 	xc := dispatch.DefaultDispatcherConfig()
-	xc.Store, xc.Finder, xc.Leases, xc.Notifier, xc.Logger = store, nearestFinder{g: g, leases: leases, ttl: offerTimeout + time.Second}, leases, drivers, quiet
+	gr := matcher.DefaultGreedyConfig()
+	gr.OfferTTL = offerTimeout + time.Second
+	greedy, err := matcher.NewGreedy(g, leases, gr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xc.Store, xc.Finder, xc.Leases, xc.Notifier, xc.Logger = store, greedy, leases, drivers, quiet
 	xc.OfferTimeout, xc.RetryEvery, xc.SearchDeadline = offerTimeout, 50*time.Millisecond, 20*time.Second
 	disp, err := dispatch.NewDispatcher(xc)
 	if err != nil {

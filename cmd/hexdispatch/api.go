@@ -148,7 +148,11 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *a
 	xc := dispatch.DefaultDispatcherConfig()
 	xc.Store, xc.Leases, xc.Notifier, xc.Relay, xc.Logger = store, leases, a.drivers, a.relay, quietLog
 	xc.OfferTimeout = cfg.offerTimeout
-	xc.Finder = etaFinder{g: g, leases: leases, eta: geo.DefaultETA.ETA, ttl: cfg.offerTimeout + 2*time.Second}
+	gr := matcher.DefaultGreedyConfig()
+	gr.OfferTTL = cfg.offerTimeout + 2*time.Second // the lease outlives the offer a little
+	if xc.Finder, err = matcher.NewGreedy(g, leases, gr); err != nil {
+		return nil, err
+	}
 	if a.disp, err = dispatch.NewDispatcher(xc); err != nil {
 		return nil, err
 	}
@@ -215,48 +219,6 @@ func (a *api) close() {
 // register adds the API's collectors to reg.
 func (a *api) register(reg *prometheus.Registry) {
 	reg.MustRegister(apiCollector{a})
-}
-
-// etaFinder is the greedy policy: gather the nearest candidates across the
-// shards, rank them by pickup ETA, reserve the best free one.
-type etaFinder struct {
-	g      *matcher.Gatherer
-	leases *matcher.Leases
-	eta    geo.ETAFunc
-	ttl    time.Duration
-}
-
-func (f etaFinder) Find(ctx context.Context, ride matcher.RideID, pickup geo.LatLng, skip func(positions.DriverID) bool) (dispatch.Offer, error) {
-	res, err := f.g.Gather(ctx, pickup, 10)
-	if err != nil {
-		return dispatch.Offer{}, err
-	}
-	type ranked struct {
-		c   positions.Candidate
-		eta time.Duration
-	}
-	rs := make([]ranked, 0, len(res.Candidates))
-	for _, c := range res.Candidates {
-		if !skip(c.ID) {
-			rs = append(rs, ranked{c, f.eta(c.Pos, pickup)})
-		}
-	}
-	for i := 1; i < len(rs); i++ { // few candidates: insertion sort by ETA
-		for j := i; j > 0 && rs[j].eta < rs[j-1].eta; j-- {
-			rs[j], rs[j-1] = rs[j-1], rs[j]
-		}
-	}
-	for _, r := range rs {
-		tok, err := f.leases.Reserve(ctx, r.c.ID, ride, f.ttl)
-		if errors.Is(err, matcher.ErrDriverTaken) {
-			continue // contention: the next best
-		}
-		if err != nil {
-			return dispatch.Offer{}, err
-		}
-		return dispatch.Offer{Driver: r.c.ID, Token: tok, ETA: r.eta, DistanceM: r.c.DistanceM}, nil
-	}
-	return dispatch.Offer{}, matcher.ErrNoDriver
 }
 
 // workerSupply sums cell counts over every partition of the in-process
