@@ -201,12 +201,17 @@ func (d *Drivers) Send(id positions.DriverID, msg any) bool {
 	}
 }
 
+// Mux is where Routes registers; *http.ServeMux is one.
+type Mux interface {
+	Handle(pattern string, h http.Handler)
+}
+
 // Routes adds the driver endpoints to mux.
-func (d *Drivers) Routes(mux *http.ServeMux) {
+func (d *Drivers) Routes(mux Mux) {
 	auth := func(h http.HandlerFunc) http.Handler { return d.cfg.Signer.RequireRole(d.cfg.Now, h, RoleDriver) }
 	mux.Handle("POST /v1/drivers/{id}/location", auth(d.location))
 	mux.Handle("POST /v1/drivers/{id}/offline", auth(d.offline))
-	mux.HandleFunc("GET /v1/drivers/ws", d.ws)
+	mux.Handle("GET /v1/drivers/ws", http.HandlerFunc(d.ws))
 }
 
 // self returns the path's driver ID if the token's subject is that driver.

@@ -60,6 +60,9 @@ type OpsConfig struct {
 //go:embed web/ops.html
 var opsFS embed.FS
 
+// OpsRoutes are the patterns OpsHandler serves.
+var OpsRoutes = []string{"GET /ops", "GET /v1/ops/heatmap", "GET /v1/ops/runtime"}
+
 // OpsHandler serves the ops console at /ops and the heatmap API at
 // /v1/ops/heatmap (ops role), plus /v1/ops/runtime for the memory panel.
 func OpsHandler(cfg OpsConfig) http.Handler {
@@ -163,4 +166,15 @@ func copysignHalf(v float64) float64 {
 		return -0.5
 	}
 	return 0.5
+}
+
+//go:embed web/openapi.json
+var openAPI []byte
+
+// OpenAPIHandler serves the API's OpenAPI 3.1 document.
+func OpenAPIHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(openAPI)
+	})
 }

@@ -40,7 +40,7 @@ func NewRides(cfg RidesConfig) (*Rides, error) {
 }
 
 // Routes adds the ride endpoints to mux.
-func (h *Rides) Routes(mux *http.ServeMux) {
+func (h *Rides) Routes(mux Mux) {
 	rs := h.cfg.Signer
 	mux.Handle("POST /v1/rides", rs.RequireRole(h.cfg.Now, http.HandlerFunc(h.request), RoleRider))
 	mux.Handle("GET /v1/rides/{id}", rs.RequireRole(h.cfg.Now, http.HandlerFunc(h.get), RoleRider, RoleDriver, RoleOps))

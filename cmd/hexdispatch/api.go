@@ -188,6 +188,7 @@ func (a *api) routes(mux *http.ServeMux) {
 	a.rides.Routes(mux)
 	mux.Handle("GET /ops", a.ops)
 	mux.Handle("GET /v1/ops/", a.ops)
+	mux.Handle("GET /openapi.json", dispatch.OpenAPIHandler())
 }
 
 // run starts the relay; when ctx ends it stops the searches and closes the
