@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
@@ -497,5 +499,49 @@ func TestWorkerQueries(t *testing.T) {
 	part, err := w.Nearest(done, positions.NearestRequest{Partitions: []positions.Partition{0, 1}, Center: sfCenter, K: 5, RadiusM: 50_000})
 	if err != nil || len(part.Missed)+len(part.Candidates) == 0 {
 		t.Errorf("cancelled query: %+v, %v; want a partial answer", part, err)
+	}
+}
+
+// TestIngestStopsItsGoroutines starts a cluster, a publisher and a worker,
+// stops them, and checks that the goroutine count returns to where it was
+// (a goleak-style check without the dependency).
+func TestIngestStopsItsGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	func() {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, positions.DefaultTopic),
+			kfake.SeedTopics(1, positions.DefaultDLQTopic), kfake.GroupMinSessionTimeout(100*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		brokers := c.ListenAddrs()
+		p, err := positions.NewPublisher(publisherConfig(brokers, 2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := positions.NewWorker(workerConfig(brokers))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		var g errgroup.Group
+		g.Go(func() error { return p.Run(ctx) })
+		g.Go(func() error { return w.Run(ctx) })
+		if err := p.Publish(positions.Event{Driver: "g1", Pos: sfCenter, Status: positions.StatusAvailable, Seq: 1}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "worker caught up", 30*time.Second, func() bool { return caughtUp(t, w) && w.Stats().Records == 1 })
+		cancel()
+		if err := g.Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines left, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
