@@ -544,3 +544,40 @@ func TestAssignMatchesDP(t *testing.T) {
 		}
 	}
 }
+
+// FuzzAssign decodes a small matrix from bytes (255 is infeasible) and
+// checks the solver against brute force.
+func FuzzAssign(f *testing.F) {
+	f.Add([]byte{2, 2, 60, 120, 130, 255})
+	f.Add([]byte{3, 2, 1, 1, 1, 1, 1, 1})
+	f.Add([]byte{1, 4, 255, 255, 255, 7})
+	f.Add([]byte{4, 4, 0, 0, 0, 0, 9, 9, 9, 9, 255, 1, 255, 1, 5, 5, 5, 5})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) < 2 {
+			return
+		}
+		rows, cols := int(data[0]%7), int(data[1]%7)
+		m := NewCostMatrix(rows, cols)
+		body := data[2:]
+		for k := range m.Cost {
+			if len(body) == 0 {
+				break
+			}
+			if b := body[k%len(body)]; b != 255 {
+				m.Cost[k] = float64(b) * (1 + float64(k%3)/7)
+			}
+		}
+		maxCost := 0.0
+		if rows > 0 && data[0] >= 128 {
+			maxCost = 100
+		}
+		var a Assignment
+		if err := (&Solver{MaxCost: maxCost}).Solve(m, &a); err != nil {
+			t.Fatal(err)
+		}
+		checkAssignment(t, m, maxCost, &a)
+		if n, tot := bruteForceAssign(m, maxCost); a.Assigned != n || !approxEq(a.Total, tot) {
+			t.Fatalf("solver (%d, %v), brute force (%d, %v)\ncost %v", a.Assigned, a.Total, n, tot, m.Cost)
+		}
+	})
+}
