@@ -111,7 +111,9 @@ func (a *Assignment) reset(rows int) {
 //
 // A rider is never given an infeasible driver; a rider is left unassigned
 // only when no maximum-cardinality assignment can serve it. Rows and columns
-// may differ in number.
+// may differ in number. Among equally good assignments the choice is
+// deterministic for a given matrix but otherwise unspecified. Totals are
+// float64 sums, exact up to rounding.
 //
 // # Method
 //
@@ -120,20 +122,19 @@ func (a *Assignment) reset(rows int) {
 // cost. Any assignment's feasible cost is at most k*cmax < P, so trading
 // one more unassigned row for any saving in cost never pays: minimising
 // (assigned cost + P x unassigned rows) is exactly the objective above, and
-// a full row assignment always exists. That square-free problem (rows x
+// a full row assignment always exists. That extended problem (rows x
 // (cols + rows)) is solved with the shortest augmenting path method of
 // Jonker and Volgenant (1987) in the rectangular form described by Crouse
 // ("On implementing 2D rectangular assignment algorithms", IEEE TAES 2016):
 // for each row, a Dijkstra search over reduced costs c - u - v finds the
 // cheapest augmenting path to a free column, then the duals u, v are
-// updated so reduced costs stay >= 0 and the path is flipped; a warm start
+// updated so reduced costs stay >= 0 and the path is flipped. A warm start
 // (augmenting row reduction, see reduceRows) assigns most rows before any
-// search. Slack columns
-// are implicit: row i's slack joins the search only when row i is reached,
-// since no other row can use it, so the search scans cols + (rows reached)
-// columns, not cols + rows. Rows with no feasible pair are parked on their
-// slack up front. Worst case O(rows^2 * (cols + rows)); on realistic
-// windows most searches stop after a few rows.
+// search. Slack columns are implicit: row i's slack joins a search only
+// when row i is reached, since no other row can use it, so a search scans
+// cols + (rows reached) columns, not cols + rows. Rows with no feasible
+// pair are parked on their slack up front. Worst case O(rows^2 * (cols +
+// rows)) time; memory O(rows * cols) for a working copy of the costs.
 //
 // The zero Solver is ready to use. A Solver is not safe for concurrent use;
 // keep one per goroutine (for example per region's batch loop).
@@ -211,6 +212,7 @@ func (s *Solver) Solve(m *CostMatrix, out *Assignment) error {
 		sink, minVal := s.search(cols, penalty, cur)
 		if sink < 0 {
 			// Unreachable: the row's own slack is always a free column.
+			out.reset(0)
 			return fmt.Errorf("matcher: assignment search found no free column for row %d", cur)
 		}
 		// Dual update over the rows and columns this search touched.
