@@ -152,6 +152,23 @@ func runPipeline(ctx context.Context, env Env) ([]Result, error) {
 	}
 	m := &mover{f: newFleet(env.Drivers, env.Seed), seq: make([]uint64, env.Drivers), rng: rand.New(rand.NewPCG(env.Seed, 21))}
 
+	// Every driver pings once first, so that the timed loops measure
+	// steady state (drivers moving), not the indexes growing.
+	for range env.Drivers {
+		if err := m.publish(p.pub); err != nil {
+			return nil, err
+		}
+		if m.shed > 0 {
+			if err := drain(ctx, p); err != nil {
+				return nil, err
+			}
+			m.shed = 0
+		}
+	}
+	if err := drain(ctx, p); err != nil {
+		return nil, err
+	}
+
 	// Saturated: as fast as the publisher takes events.
 	warm := time.Now().Add(env.Duration / 5)
 	for time.Now().Before(warm) {
