@@ -29,4 +29,9 @@ var (
 	ErrNoDriver = errors.New("no driver available")
 	// ErrInvalidQuery is returned for an invalid pickup or N.
 	ErrInvalidQuery = errors.New("invalid match query")
+	// ErrRPC is wrapped by an RPCClient's errors: transport failures and
+	// non-200 answers. A gather counts the owner's partitions as missed.
+	ErrRPC = errors.New("worker rpc failed")
+	// ErrRPCDecode is wrapped by errors decoding a worker RPC body.
+	ErrRPCDecode = errors.New("malformed rpc body")
 )

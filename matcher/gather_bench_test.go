@@ -14,6 +14,12 @@ import (
 // shard res 6 over 3 in-process owners, as `-role all` with three worker
 // shards would hold them.
 func benchGatherer(b *testing.B) (*matcher.Gatherer, geo.LatLng) {
+	return benchGathererOver(b, false)
+}
+
+// benchGathererOver builds the bench city; with rpc the three owners are
+// served over loopback HTTP, as three worker processes would be.
+func benchGathererOver(b *testing.B, rpc bool) (*matcher.Gatherer, geo.LatLng) {
 	b.Helper()
 	rng := rand.New(rand.NewPCG(1, 1))
 	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: 12}
@@ -22,15 +28,25 @@ func benchGatherer(b *testing.B) (*matcher.Gatherer, geo.LatLng) {
 	cl.scatter(b, rng, center, 30_000, 100_000)
 	cfg := matcher.DefaultGatherConfig()
 	cfg.Partitioner = pt
-	g, err := matcher.NewGatherer(cl.owners(), cfg)
+	var owners matcher.Owners = cl.owners()
+	if rpc {
+		owners, _ = rpcCluster(b, cl)
+	}
+	g, err := matcher.NewGatherer(owners, cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 	return g, center
 }
 
-func BenchmarkGather(b *testing.B) {
-	g, center := benchGatherer(b)
+func BenchmarkGather(b *testing.B) { benchmarkGather(b, false) }
+
+// BenchmarkGatherRPC is BenchmarkGather with the owners behind the worker
+// query RPC on loopback.
+func BenchmarkGatherRPC(b *testing.B) { benchmarkGather(b, true) }
+
+func benchmarkGather(b *testing.B, rpc bool) {
+	g, center := benchGathererOver(b, rpc)
 	rng := rand.New(rand.NewPCG(2, 2))
 	pickups := make([]geo.LatLng, 4096)
 	for i := range pickups {
