@@ -116,6 +116,9 @@ func NewGatherer(owners Owners, cfg GatherConfig) (*Gatherer, error) {
 // Config returns the configuration.
 func (g *Gatherer) Config() GatherConfig { return g.cfg }
 
+// Owners returns the owner table the Gatherer asks.
+func (g *Gatherer) Owners() Owners { return g.owners }
+
 // GatherResult is what a gather found.
 type GatherResult struct {
 	// Candidates are distinct drivers (the freshest seq of each), nearest

@@ -3,7 +3,9 @@ package matcher_test
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/hexdispatch/hexdispatch/geo"
 	"github.com/hexdispatch/hexdispatch/matcher"
@@ -47,25 +49,45 @@ func BenchmarkGatherRPC(b *testing.B) { benchmarkGather(b, true) }
 
 func benchmarkGather(b *testing.B, rpc bool) {
 	g, center := benchGathererOver(b, rpc)
+	cfg := g.Config()
+	cfg.Probe = false
+	noProbe, err := matcher.NewGatherer(g.Owners(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
 	rng := rand.New(rand.NewPCG(2, 2))
 	pickups := make([]geo.LatLng, 4096)
 	for i := range pickups {
 		pickups[i] = offset(center, (rng.Float64()-0.5)*28_000, (rng.Float64()-0.5)*28_000)
 	}
 	ctx := context.Background()
-	b.Run("serial", func(b *testing.B) {
-		var partial int
-		for i := 0; b.Loop(); i++ {
-			res, err := g.Gather(ctx, pickups[i%len(pickups)], 5)
-			if err != nil {
-				b.Fatal(err)
+	serial := func(g *matcher.Gatherer) func(b *testing.B) {
+		return func(b *testing.B) {
+			var partial int
+			lat := make([]time.Duration, 0, 1<<16)
+			for i := 0; b.Loop(); i++ {
+				start := time.Now()
+				res, err := g.Gather(ctx, pickups[i%len(pickups)], 5)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(lat) < cap(lat) {
+					lat = append(lat, time.Since(start))
+				}
+				if res.Partial {
+					partial++
+				}
 			}
-			if res.Partial {
-				partial++
+			slices.Sort(lat)
+			if len(lat) > 0 {
+				b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+				b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 			}
+			b.ReportMetric(float64(partial), "partial")
 		}
-		b.ReportMetric(float64(partial), "partial")
-	})
+	}
+	b.Run("serial", serial(g))
+	b.Run("serial-noprobe", serial(noProbe))
 	b.Run("parallel", func(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			r := rand.New(rand.NewPCG(rand.Uint64(), 3))
