@@ -144,8 +144,23 @@ type Drivers struct {
 	connsMu sync.Mutex
 	conns   map[positions.DriverID]*driverConn
 
+	// lastMu guards last: each driver's last accepted position, for riders
+	// watching their driver approach. Bounded by the drivers that report
+	// here; entries older than lastTTL are dropped by the sweep in accept.
+	lastMu    sync.Mutex
+	last      map[positions.DriverID]lastPos
+	lastSweep time.Time
+
 	positions, rejected, shed, connections, dropped atomic.Uint64
 }
+
+type lastPos struct {
+	p  geo.LatLng
+	at time.Time
+}
+
+// lastTTL bounds how long a last position is kept.
+const lastTTL = 2 * time.Minute
 
 type driverConn struct {
 	out    chan []byte
@@ -158,7 +173,8 @@ func NewDrivers(cfg DriversConfig) (*Drivers, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Drivers{cfg: cfg, base: ctx, cancel: cancel, conns: make(map[positions.DriverID]*driverConn)}, nil
+	return &Drivers{cfg: cfg, base: ctx, cancel: cancel, conns: make(map[positions.DriverID]*driverConn),
+		last: make(map[positions.DriverID]lastPos)}, nil
 }
 
 // Close ends every WebSocket connection; handlers return soon after.
@@ -255,7 +271,37 @@ func (d *Drivers) accept(id positions.DriverID, f PositionFrame) error {
 		d.rejected.Add(1)
 		return err
 	}
-	return d.publish(func() error { return d.cfg.Sink.Publish(ev) })
+	if err := d.publish(func() error { return d.cfg.Sink.Publish(ev) }); err != nil {
+		return err
+	}
+	d.remember(id, ev.Pos, ev.ReceiveTime)
+	return nil
+}
+
+func (d *Drivers) remember(id positions.DriverID, p geo.LatLng, at time.Time) {
+	d.lastMu.Lock()
+	defer d.lastMu.Unlock()
+	d.last[id] = lastPos{p: p, at: at}
+	if at.Sub(d.lastSweep) > lastTTL {
+		for k, v := range d.last {
+			if at.Sub(v.at) > lastTTL {
+				delete(d.last, k)
+			}
+		}
+		d.lastSweep = at
+	}
+}
+
+// LastPosition returns the last position driver id reported through this
+// gateway in the last two minutes.
+func (d *Drivers) LastPosition(id positions.DriverID) (geo.LatLng, time.Time, bool) {
+	d.lastMu.Lock()
+	defer d.lastMu.Unlock()
+	v, ok := d.last[id]
+	if !ok || d.cfg.Now().Sub(v.at) > lastTTL {
+		return geo.LatLng{}, time.Time{}, false
+	}
+	return v.p, v.at, true
 }
 
 func (d *Drivers) publish(fn func() error) error {

@@ -23,10 +23,11 @@ import (
 )
 
 type engine struct {
-	srv    *httptest.Server
-	signer *dispatch.Signer
-	store  *dispatch.RideStore
-	disp   *dispatch.Dispatcher
+	srv     *httptest.Server
+	drivers *dispatch.Drivers
+	signer  *dispatch.Signer
+	store   *dispatch.RideStore
+	disp    *dispatch.Dispatcher
 }
 
 // newEngine wires the whole ride path in one process: the driver gateway
@@ -95,7 +96,8 @@ func newEngine(t *testing.T, offerTimeout time.Duration) *engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rides, err := dispatch.NewRides(dispatch.RidesConfig{Store: store, Dispatcher: disp, Leases: leases, Signer: signer, Now: time.Now, Logger: quiet})
+	rides, err := dispatch.NewRides(dispatch.RidesConfig{Store: store, Dispatcher: disp, Leases: leases, Signer: signer,
+		Now: time.Now, Logger: quiet, Locator: drivers, WatchEvery: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +128,7 @@ func newEngine(t *testing.T, offerTimeout time.Duration) *engine {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return &engine{srv: srv, signer: signer, store: store, disp: disp}
+	return &engine{srv: srv, drivers: drivers, signer: signer, store: store, disp: disp}
 }
 
 func (e *engine) tok(t *testing.T, sub string, role dispatch.Role) string {
@@ -212,6 +214,36 @@ func TestRideLifecycleEndToEnd(t *testing.T) {
 		t.Fatalf("retry: %d %+v", code, again)
 	}
 
+	// The rider watches the ride live.
+	watch, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+"/v1/rides/"+string(ride.ID)+"/ws?access_token="+rider, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.CloseNow()
+	frames := make(chan map[string]any, 64)
+	go func() {
+		defer close(frames)
+		for {
+			_, b, err := watch.Read(ctx)
+			if err != nil {
+				return
+			}
+			var m map[string]any
+			json.Unmarshal(b, &m)
+			frames <- m
+		}
+	}()
+	// waitFrame reads the watch until a frame satisfies ok.
+	waitFrame := func(what string, ok func(map[string]any) bool) {
+		t.Helper()
+		for f := range frames {
+			if ok(f) {
+				return
+			}
+		}
+		t.Fatalf("rider watch closed before %s", what)
+	}
+
 	// The nearest driver gets the offer and declines; the next one gets it.
 	readOffer := func(c *websocket.Conn) map[string]any {
 		for {
@@ -251,10 +283,21 @@ func TestRideLifecycleEndToEnd(t *testing.T) {
 	if code, _, _ := e.do(t, "POST", "/v1/rides/"+string(ride.ID)+"/complete", farTok, ""); code != http.StatusConflict {
 		t.Fatalf("complete before arriving: %d", code)
 	}
+	// The rider sees the acceptance, then the driver moving to the pickup.
+	waitFrame("accepted", func(f map[string]any) bool { return f["type"] == "ride" && f["state"] == "accepted" })
+	ping(far, pickup.Lat-500/111195.0)
+	waitFrame("the driver's position", func(f map[string]any) bool {
+		lat, _ := f["lat"].(float64)
+		return f["type"] == "driver_position" && f["driver"] == "far" && lat > pickup.Lat-600/111195.0
+	})
 	for _, step := range []string{"arrived", "start", "complete"} {
 		if code, _, raw := e.do(t, "POST", "/v1/rides/"+string(ride.ID)+"/"+step, farTok, ""); code != http.StatusOK {
 			t.Fatalf("%s: %d %s", step, code, raw)
 		}
+	}
+	// The watch sees the end, then closes.
+	waitFrame("completed", func(f map[string]any) bool { return f["type"] == "ride" && f["state"] == "completed" })
+	for range frames {
 	}
 	// The rider sees the end; another rider sees nothing; cancelling now is
 	// illegal.

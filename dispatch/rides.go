@@ -25,6 +25,16 @@ type RidesConfig struct {
 	Limiter    *RateLimiter // optional: per-subject limit on ride requests
 	Now        func() time.Time
 	Logger     *slog.Logger
+	// Locator, when set, feeds the rider WebSocket the assigned driver's
+	// position.
+	Locator DriverLocator
+	// WatchEvery is how often a rider WebSocket rereads its ride (default
+	// 500 ms).
+	WatchEvery time.Duration
+	// OriginPatterns are extra browser origins for the rider WebSocket.
+	OriginPatterns []string
+	// Closing, when it ends, closes every rider WebSocket (shutdown).
+	Closing context.Context
 }
 
 // Rides serves the rider API (request, read, cancel) and the drivers'
@@ -45,6 +55,7 @@ func (h *Rides) Routes(mux Mux) {
 	mux.Handle("POST /v1/rides", rs.RequireRole(h.cfg.Now, http.HandlerFunc(h.request), RoleRider))
 	mux.Handle("GET /v1/rides/{id}", rs.RequireRole(h.cfg.Now, http.HandlerFunc(h.get), RoleRider, RoleDriver, RoleOps))
 	mux.Handle("DELETE /v1/rides/{id}", rs.RequireRole(h.cfg.Now, http.HandlerFunc(h.cancel), RoleRider))
+	mux.Handle("GET /v1/rides/{id}/ws", http.HandlerFunc(h.watch))
 	for path, kind := range map[string]EventKind{
 		"accept": EvAccept, "decline": EvDecline, "arrived": EvArrive, "start": EvStart,
 		"complete": EvComplete, "cancel": EvDriverCancel,

@@ -40,6 +40,9 @@ type api struct {
 	rides   *dispatch.Rides
 	ops     http.Handler
 	dev     bool // tokens use the dev secret: print some at start
+	// closing ends at shutdown, closing the rider WebSockets.
+	closing context.Context
+	stop    context.CancelFunc
 }
 
 // devSecretFile keeps the token secret of a dev start (no -token-secret)
@@ -160,8 +163,10 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *a
 	if err != nil {
 		return nil, err
 	}
+	a.closing, a.stop = context.WithCancel(context.Background())
 	if a.rides, err = dispatch.NewRides(dispatch.RidesConfig{Store: store, Dispatcher: a.disp, Leases: leases,
-		Signer: a.signer, Relay: a.relay, Limiter: limiter, Now: time.Now, Logger: quietLog}); err != nil {
+		Signer: a.signer, Relay: a.relay, Limiter: limiter, Now: time.Now, Logger: quietLog,
+		Locator: a.drivers, OriginPatterns: dc.OriginPatterns, Closing: a.closing}); err != nil {
 		return nil, err
 	}
 	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: workerSupply{w: in.worker, parts: int32(cfg.partitions)}, Signer: a.signer})
@@ -197,6 +202,7 @@ func (a *api) run(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return a.relay.Run(ctx) })
 	g.Go(func() error {
 		<-ctx.Done()
+		a.stop()
 		a.drivers.Close()
 		a.disp.Close()
 		return nil
@@ -206,6 +212,9 @@ func (a *api) run(ctx context.Context, g *errgroup.Group) {
 // close releases what newAPI opened; call it after run's goroutines
 // returned.
 func (a *api) close() {
+	if a.stop != nil {
+		a.stop()
+	}
 	if a.events != nil {
 		a.events.Close()
 	}

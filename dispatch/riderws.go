@@ -1,0 +1,112 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// DriverLocator tells where a driver was last seen; *Drivers implements it.
+type DriverLocator interface {
+	LastPosition(id positions.DriverID) (geo.LatLng, time.Time, bool)
+}
+
+// watch serves GET /v1/rides/{id}/ws: the ride's rider (or ops) gets a
+// {"type":"ride", ...} frame at once and on every change, and while a
+// driver is assigned {"type":"driver_position","lat","lng","at"} when the
+// driver moves. The socket closes after the ride ends.
+//
+// It reads the ride store every WatchEvery, so it works whichever api
+// process applied the change.
+func (h *Rides) watch(w http.ResponseWriter, r *http.Request) {
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if tok == "" {
+		tok = r.URL.Query().Get("access_token")
+	}
+	c, err := h.cfg.Signer.Verify(tok, h.cfg.Now())
+	if err != nil {
+		WriteError(w, &APIError{Status: http.StatusUnauthorized, Code: "invalid_token", Message: err.Error()})
+		return
+	}
+	id := RideID(r.PathValue("id"))
+	ride, err := h.cfg.Store.Get(r.Context(), id)
+	if err != nil {
+		WriteError(w, storeError(err))
+		return
+	}
+	if !(c.Role == RoleOps || (c.Role == RoleRider && string(ride.Rider) == c.Subject)) {
+		WriteError(w, storeError(ErrRideNotFound))
+		return
+	}
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: h.cfg.OriginPatterns})
+	if err != nil {
+		return
+	}
+	defer conn.CloseNow()
+	conn.SetReadLimit(512)
+	ctx := conn.CloseRead(r.Context()) // riders send nothing; a close or error ends ctx
+	if h.cfg.Closing != nil {
+		var stop context.CancelFunc
+		ctx, stop = context.WithCancel(ctx)
+		defer stop()
+		defer context.AfterFunc(h.cfg.Closing, stop)()
+	}
+	every := h.cfg.WatchEvery
+	if every <= 0 {
+		every = 500 * time.Millisecond
+	}
+	send := func(v any) bool {
+		b, _ := json.Marshal(v)
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return conn.Write(wctx, websocket.MessageText, b) == nil
+	}
+	type rideFrame struct {
+		Type string `json:"type"`
+		RideView
+	}
+	var lastVersion uint64
+	var lastSeen time.Time
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if ride.Version != lastVersion {
+			if !send(rideFrame{Type: "ride", RideView: view(ride)}) {
+				return
+			}
+			lastVersion = ride.Version
+		}
+		if ride.State.Terminal() {
+			conn.Close(websocket.StatusNormalClosure, "ride ended")
+			return
+		}
+		if h.cfg.Locator != nil && ride.Driver != "" && ride.State >= Accepted {
+			if p, at, ok := h.cfg.Locator.LastPosition(ride.Driver); ok && at.After(lastSeen) {
+				if !send(map[string]any{"type": "driver_position", "driver": ride.Driver, "lat": p.Lat, "lng": p.Lng, "at": at}) {
+					return
+				}
+				lastSeen = at
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		next, err := h.cfg.Store.Get(ctx, id)
+		if err != nil {
+			if ctx.Err() == nil {
+				send(map[string]any{"type": "error", "code": "unavailable", "message": "ride store unavailable"})
+			}
+			continue
+		}
+		ride = next
+	}
+}
