@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
+	"syscall"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -179,6 +180,7 @@ func runPipeline(ctx context.Context, env Env) ([]Result, error) {
 		}
 	}
 	s0, l0, shed0, ps0 := p.worker.Stats(), p.worker.IngestLatency(), m.shed, p.pub.Stats()
+	cpu0 := cpuTime()
 	start := time.Now()
 	for time.Since(start) < env.Duration && ctx.Err() == nil {
 		for range 256 {
@@ -192,6 +194,7 @@ func runPipeline(ctx context.Context, env Env) ([]Result, error) {
 	}
 	elapsed := time.Since(start)
 	s1, l1, ps1 := p.worker.Stats(), p.worker.IngestLatency(), p.pub.Stats()
+	cpu := cpuTime() - cpu0
 	lat := l1.Sub(l0)
 	applied := s1.Records - s0.Records
 	sat := Result{
@@ -199,8 +202,9 @@ func runPipeline(ctx context.Context, env Env) ([]Result, error) {
 		OpsPerS: round(float64(applied) / elapsed.Seconds()),
 		P50us:   round(float64(lat.Quantile(0.50).Microseconds())), P99us: round(float64(lat.Quantile(0.99).Microseconds())),
 		Ops: int64(applied), Seconds: round(elapsed.Seconds()), GOMAXPROCS: runtime.GOMAXPROCS(0),
-		Note: fmt.Sprintf("saturated: %d partitions; offered %.0f/s, coalesced %d, shed %d (ErrOverloaded); latency is receive stamp to index apply, upper bucket bounds",
-			parts, float64(ps1.Accepted-ps0.Accepted+m.shed-shed0)/elapsed.Seconds(), ps1.Coalesced-ps0.Coalesced, m.shed-shed0),
+		Note: fmt.Sprintf("saturated: %d partitions; offered %.0f/s, coalesced %d, shed %d (ErrOverloaded); process CPU %.2f us per consumed event (publisher, broker and worker together, so %.0f events/s per dedicated core); latency is receive stamp to index apply, upper bucket bounds",
+			parts, float64(ps1.Accepted-ps0.Accepted+m.shed-shed0)/elapsed.Seconds(), ps1.Coalesced-ps0.Coalesced, m.shed-shed0,
+			cpu.Seconds()*1e6/float64(max(applied, 1)), float64(applied)/max(cpu.Seconds(), 1e-9)),
 	}
 	if err := drain(ctx, p); err != nil {
 		return nil, err
@@ -225,6 +229,10 @@ func runPipeline(ctx context.Context, env Env) ([]Result, error) {
 	}
 	s1, l1 = p.worker.Stats(), p.worker.IngestLatency()
 	lat = l1.Sub(l0)
+	// Every record Kafka acknowledged was consumed exactly once.
+	if produced := p.pub.Stats().Produced; s1.Records != produced {
+		return nil, fmt.Errorf("worker consumed %d records, publisher produced %d", s1.Records, produced)
+	}
 	paced := Result{
 		System: "hexdispatch", Workload: "pipeline", Drivers: env.Drivers,
 		OpsPerS: round(float64(s1.Records-s0.Records) / elapsed.Seconds()),
@@ -233,6 +241,15 @@ func runPipeline(ctx context.Context, env Env) ([]Result, error) {
 		Note: fmt.Sprintf("paced at %d events/s offered; shed %d", pipelineTargetRate, m.shed-shed0),
 	}
 	return []Result{sat, paced}, nil
+}
+
+// cpuTime is the process's user plus system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // drain waits until the worker has applied everything published.
