@@ -105,11 +105,11 @@ type BatchPolicyStats struct {
 // the same cost matrix, so the gain is measured per window.
 type BatchStats struct {
 	Riders int // window size
-	// Drivers is the number of distinct candidate drivers (matrix columns)
-	// and Shared how many of them were feasible for two riders or more:
-	// the contention the batch resolves.
+	// Drivers is the number of distinct candidate drivers and Shared how
+	// many of them were feasible for two riders or more: the contention
+	// the batch resolves.
 	Drivers, Shared int
-	Pairs           int           // feasible rider-driver pairs
+	Pairs           int           // feasible rider-driver pairs in the matrix
 	BuildTime       time.Duration // building the cost matrix
 	SolveTime       time.Duration // the min-cost assignment alone
 	Batched, Greedy BatchPolicyStats
@@ -179,10 +179,18 @@ type BatchPlanner struct {
 	greedy  Assignment
 	taken   []bool
 	order   []int // request index of each row: arrival order
-	col     map[positions.DriverID]int
-	drivers []positions.Candidate // freshest copy of each column's driver
+	index   map[positions.DriverID]int
+	drivers []positions.Candidate // distinct candidates, freshest copy of each
+	pairs   []batchPair           // feasible pairs kept for the matrix
+	colOf   []int32               // per driver: its matrix column, or -1
+	colDrv  []int32               // per column: its driver
 	riders  []int                 // per column: feasible riders
-	cands   []colETA              // scratch: one rider's feasible columns
+	cands   []colETA              // scratch: one rider's fallback columns
+}
+
+type batchPair struct {
+	row, drv int32
+	eta      float64 // seconds
 }
 
 type colETA struct {
@@ -203,7 +211,7 @@ func NewBatchPlanner(cfg BatchConfig, eta geo.ETAFunc) (*BatchPlanner, error) {
 		cfg:    cfg,
 		eta:    eta,
 		solver: Solver{MaxCost: cfg.MaxPickupETA.Seconds()},
-		col:    make(map[positions.DriverID]int),
+		index:  make(map[positions.DriverID]int),
 	}, nil
 }
 
@@ -235,7 +243,7 @@ func (p *BatchPlanner) Plan(reqs []BatchRequest) (BatchPlan, error) {
 
 	start := time.Now()
 	p.build(reqs)
-	stats := BatchStats{Riders: len(reqs), Drivers: p.m.Cols, BuildTime: time.Since(start)}
+	stats := BatchStats{Riders: len(reqs), Drivers: len(p.drivers), Pairs: len(p.pairs), BuildTime: time.Since(start)}
 
 	solveStart := time.Now()
 	if err := p.solver.Solve(&p.m, &p.opt); err != nil {
@@ -270,10 +278,9 @@ func (p *BatchPlanner) Plan(reqs []BatchRequest) (BatchPlan, error) {
 			if math.IsInf(c, 1) {
 				continue
 			}
-			plan.Stats.Pairs++
 			if j == p.opt.Col[row] {
 				o.Assigned = true
-				o.Drivers = append(o.Drivers, p.drivers[j].ID)
+				o.Drivers = append(o.Drivers, p.driverOf(j))
 				o.ETAs = append(o.ETAs, seconds(c))
 			} else if !assignedCol[j] {
 				p.cands = append(p.cands, colETA{col: j, eta: c})
@@ -281,10 +288,10 @@ func (p *BatchPlanner) Plan(reqs []BatchRequest) (BatchPlan, error) {
 		}
 		if o.Assigned {
 			slices.SortFunc(p.cands, func(a, b colETA) int {
-				return cmp.Or(cmp.Compare(a.eta, b.eta), cmp.Compare(p.drivers[a.col].ID, p.drivers[b.col].ID))
+				return cmp.Or(cmp.Compare(a.eta, b.eta), cmp.Compare(p.driverOf(a.col), p.driverOf(b.col)))
 			})
 			for _, c := range p.cands[:min(len(p.cands), p.cfg.Fallbacks)] {
-				o.Drivers = append(o.Drivers, p.drivers[c.col].ID)
+				o.Drivers = append(o.Drivers, p.driverOf(c.col))
 				o.ETAs = append(o.ETAs, seconds(c.eta))
 			}
 		}
@@ -295,10 +302,11 @@ func (p *BatchPlanner) Plan(reqs []BatchRequest) (BatchPlan, error) {
 	return plan, nil
 }
 
-// build fills the cost matrix: rows are requests in arrival order, columns
-// the distinct drivers in order of first appearance; each rider's
-// MaxCandidates cheapest feasible pairs get their ETA in seconds, every
-// other pair is infeasible.
+// build fills the cost matrix. Rows are requests in arrival order. Each
+// rider keeps its MaxCandidates cheapest feasible pairs (ETA from the
+// driver's freshest position, in seconds); columns are the drivers of the
+// kept pairs, in order of first appearance, so a driver no rider can use
+// costs the solver nothing. Every other pair is infeasible.
 func (p *BatchPlanner) build(reqs []BatchRequest) {
 	p.order = p.order[:0]
 	for i := range reqs {
@@ -306,49 +314,67 @@ func (p *BatchPlanner) build(reqs []BatchRequest) {
 	}
 	slices.SortStableFunc(p.order, func(a, b int) int { return reqs[a].At.Compare(reqs[b].At) })
 
-	clear(p.col)
+	clear(p.index)
 	p.drivers = p.drivers[:0]
 	for _, i := range p.order {
 		for _, c := range reqs[i].Candidates {
-			if j, ok := p.col[c.ID]; ok {
-				if c.Seq > p.drivers[j].Seq {
-					p.drivers[j] = c
+			if d, ok := p.index[c.ID]; ok {
+				if c.Seq > p.drivers[d].Seq {
+					p.drivers[d] = c
 				}
 				continue
 			}
-			p.col[c.ID] = len(p.drivers)
+			p.index[c.ID] = len(p.drivers)
 			p.drivers = append(p.drivers, c)
 		}
 	}
-	rows, cols := len(reqs), len(p.drivers)
-	p.m.Reset(rows, cols)
+
+	limit := p.cfg.MaxPickupETA.Seconds()
+	p.pairs = p.pairs[:0]
+	for row, i := range p.order {
+		r := reqs[i]
+		start := len(p.pairs)
+		for _, c := range r.Candidates {
+			d := int32(p.index[c.ID])
+			eta := max(0, p.eta(p.drivers[d].Pos, r.Pickup).Seconds())
+			if eta <= limit && !slices.ContainsFunc(p.pairs[start:], func(x batchPair) bool { return x.drv == d }) {
+				p.pairs = append(p.pairs, batchPair{row: int32(row), drv: d, eta: eta})
+			}
+		}
+		if mine := p.pairs[start:]; len(mine) > p.cfg.MaxCandidates {
+			slices.SortFunc(mine, func(a, b batchPair) int { return cmp.Or(cmp.Compare(a.eta, b.eta), cmp.Compare(a.drv, b.drv)) })
+			p.pairs = p.pairs[:start+p.cfg.MaxCandidates]
+		}
+	}
+
+	p.colOf = slices.Grow(p.colOf[:0], len(p.drivers))[:len(p.drivers)]
+	for d := range p.colOf {
+		p.colOf[d] = -1
+	}
+	p.colDrv = p.colDrv[:0]
+	for _, pr := range p.pairs {
+		if p.colOf[pr.drv] < 0 {
+			p.colOf[pr.drv] = int32(len(p.colDrv))
+			p.colDrv = append(p.colDrv, pr.drv)
+		}
+	}
+	cols := len(p.colDrv)
+	p.m.Reset(len(reqs), cols)
 	if cap(p.riders) < cols {
 		p.riders = make([]int, cols)
 		p.taken = make([]bool, cols)
 	}
 	p.riders = p.riders[:cols]
 	clear(p.riders)
-	limit := p.cfg.MaxPickupETA.Seconds()
-	for row, i := range p.order {
-		r := reqs[i]
-		p.cands = p.cands[:0]
-		for _, c := range r.Candidates {
-			j := p.col[c.ID]
-			eta := max(0, p.eta(p.drivers[j].Pos, r.Pickup).Seconds())
-			if eta <= limit && !slices.ContainsFunc(p.cands, func(x colETA) bool { return x.col == j }) {
-				p.cands = append(p.cands, colETA{col: j, eta: eta})
-			}
-		}
-		if len(p.cands) > p.cfg.MaxCandidates {
-			slices.SortFunc(p.cands, func(a, b colETA) int { return cmp.Or(cmp.Compare(a.eta, b.eta), cmp.Compare(a.col, b.col)) })
-			p.cands = p.cands[:p.cfg.MaxCandidates]
-		}
-		for _, c := range p.cands {
-			p.m.Set(row, c.col, c.eta)
-			p.riders[c.col]++
-		}
+	for _, pr := range p.pairs {
+		j := int(p.colOf[pr.drv])
+		p.m.Set(int(pr.row), j, pr.eta)
+		p.riders[j]++
 	}
 }
+
+// driverOf returns the driver of matrix column j.
+func (p *BatchPlanner) driverOf(j int) positions.DriverID { return p.drivers[p.colDrv[j]].ID }
 
 func policyStats(a *Assignment) BatchPolicyStats {
 	return BatchPolicyStats{Assigned: a.Assigned, TotalETA: seconds(a.Total), MeanETA: seconds(a.Mean())}

@@ -342,6 +342,15 @@ func TestPlanRandomWindows(t *testing.T) {
 		}
 		plan := mustPlan(t, p, reqs)
 		st := plan.Stats
+		finite := 0
+		for _, c := range p.m.Cost {
+			if !math.IsInf(c, 1) {
+				finite++
+			}
+		}
+		if finite != st.Pairs || p.m.Cols > st.Drivers || st.Pairs > st.Riders*cfg.MaxCandidates {
+			t.Fatalf("window %d: %d finite pairs in a %dx%d matrix, stats %+v", w, finite, p.m.Rows, p.m.Cols, st)
+		}
 		if st.Batched.Assigned < st.Greedy.Assigned {
 			t.Fatalf("window %d: batched serves %d, greedy %d", w, st.Batched.Assigned, st.Greedy.Assigned)
 		}
