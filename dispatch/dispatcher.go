@@ -163,6 +163,14 @@ func (d *Dispatcher) Start(r Ride) error {
 	if len(d.searches) >= d.cfg.MaxActive {
 		return ErrBusy
 	}
+	// The sweep of any process ends this ride if this process dies before
+	// the search does: the deadline plus an offer's grace.
+	tctx, tcancel := context.WithTimeout(d.base, 2*time.Second)
+	err := d.cfg.Store.TrackSearch(tctx, r.ID, d.cfg.Now().Add(d.cfg.SearchDeadline+d.cfg.OfferTimeout))
+	tcancel()
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(d.base, d.cfg.SearchDeadline)
 	s := &search{cancel: cancel, answers: make(chan answer, 1)}
 	d.searches[r.ID] = s
@@ -175,6 +183,11 @@ func (d *Dispatcher) Start(r Ride) error {
 		d.searchesMu.Lock()
 		delete(d.searches, r.ID)
 		d.searchesMu.Unlock()
+		if d.base.Err() == nil { // at shutdown the sweep of a survivor ends it
+			uctx, ucancel := context.WithTimeout(context.Background(), 2*time.Second)
+			d.cfg.Store.UntrackSearch(uctx, r.ID)
+			ucancel()
+		}
 	}()
 	return nil
 }
@@ -204,6 +217,71 @@ func (d *Dispatcher) Stop(id RideID) {
 	if ok {
 		s.cancel()
 	}
+}
+
+// SweepEvery is how often Run looks for searches that died with their
+// process.
+const SweepEvery = 5 * time.Second
+
+// Run ends, every SweepEvery until ctx ends, the rides whose search is
+// overdue and not running here: their process died mid-search. A ride still
+// offered goes back to searching (the lease expires on its own) and then
+// to no_driver; a ride that got further is only untracked.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	t := time.NewTicker(SweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			d.Sweep(ctx)
+		}
+	}
+}
+
+// Sweep runs one pass of Run and returns how many rides it ended.
+func (d *Dispatcher) Sweep(ctx context.Context) int {
+	ids, err := d.cfg.Store.OverdueSearches(ctx, d.cfg.Now(), 1000)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.errs.Add(1)
+			d.cfg.Logger.Warn("search sweep failed", "err", err)
+		}
+		return 0
+	}
+	ended := 0
+	for _, id := range ids {
+		d.searchesMu.Lock()
+		_, running := d.searches[id]
+		d.searchesMu.Unlock()
+		if running {
+			continue
+		}
+		r, err := d.cfg.Store.Get(ctx, id)
+		if err == nil {
+			switch r.State {
+			case Offered:
+				if _, err := d.apply(ctx, id, Event{Kind: EvOfferTimeout, Driver: r.Driver}); err == nil {
+					r.State = Searching
+				}
+				fallthrough
+			case Searching:
+				if _, err := d.apply(ctx, id, Event{Kind: EvNoDriver}); err == nil {
+					d.noDriver.Add(1)
+					ended++
+				}
+			case Requested:
+				if _, err := d.apply(ctx, id, Event{Kind: EvExpire}); err == nil {
+					ended++
+				}
+			}
+		} else if !errors.Is(err, ErrRideNotFound) {
+			continue // Redis trouble: try again next pass
+		}
+		d.cfg.Store.UntrackSearch(ctx, id)
+	}
+	return ended
 }
 
 // apply records ev on ride id and tells the relay.

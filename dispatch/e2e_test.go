@@ -340,3 +340,51 @@ func TestRideNoDriverAndCancel(t *testing.T) {
 		t.Errorf("driver requesting a ride: %d", code)
 	}
 }
+
+// TestSweepEndsOrphanedSearches: rides whose search died with another
+// process end as no_driver (or expired) instead of waiting forever.
+func TestSweepEndsOrphanedSearches(t *testing.T) {
+	e := newEngine(t, time.Second)
+	ctx := context.Background()
+	mk := func(id dispatch.RideID, evs ...dispatch.Event) {
+		r, _ := dispatch.NewRide(id, "u1", pickup, dropoff, t0)
+		if _, _, err := e.store.Create(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range evs {
+			if _, err := e.store.Apply(ctx, id, ev); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := e.store.TrackSearch(ctx, id, time.Now().Add(-time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("orphan-offered", dispatch.Event{Kind: dispatch.EvSearch}, dispatch.Event{Kind: dispatch.EvOffer, Driver: "d1"})
+	mk("orphan-searching", dispatch.Event{Kind: dispatch.EvSearch})
+	mk("orphan-requested")
+	mk("done", dispatch.Event{Kind: dispatch.EvRiderCancel})
+	// Not overdue yet: left alone.
+	r, _ := dispatch.NewRide("young", "u1", pickup, dropoff, t0)
+	e.store.Create(ctx, r)
+	e.store.Apply(ctx, "young", dispatch.Event{Kind: dispatch.EvSearch})
+	e.store.TrackSearch(ctx, "young", time.Now().Add(time.Hour))
+
+	if n := e.disp.Sweep(ctx); n != 3 {
+		t.Fatalf("swept %d rides, want 3", n)
+	}
+	for id, want := range map[dispatch.RideID]dispatch.State{
+		"orphan-offered": dispatch.NoDriver, "orphan-searching": dispatch.NoDriver,
+		"orphan-requested": dispatch.Expired, "done": dispatch.CancelledByRider, "young": dispatch.Searching,
+	} {
+		if got, _ := e.store.Get(ctx, id); got.State != want {
+			t.Errorf("%s: %s, want %s", id, got.State, want)
+		}
+	}
+	if left, _ := e.store.OverdueSearches(ctx, time.Now(), 100); len(left) != 0 {
+		t.Fatalf("still tracked: %v", left)
+	}
+	if n := e.disp.Sweep(ctx); n != 0 {
+		t.Fatalf("second sweep ended %d", n)
+	}
+}

@@ -159,8 +159,8 @@ func (h *Rides) request(w http.ResponseWriter, r *http.Request) {
 	}
 	if stored.State == Requested {
 		if err := h.cfg.Dispatcher.Start(stored); err != nil {
-			// At capacity: the ride cannot be matched now; end it rather
-			// than leave it waiting for nobody.
+			// At capacity or Redis trouble: the ride cannot be matched
+			// now; end it rather than leave it waiting for nobody.
 			if ended, aerr := h.cfg.Store.Apply(r.Context(), id, Event{Kind: EvExpire, At: h.cfg.Now()}); aerr == nil {
 				stored = ended
 			}

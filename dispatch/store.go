@@ -223,3 +223,41 @@ func (s *RideStore) unavailable(op string, err error) error {
 	}
 	return fmt.Errorf("%w: %s: %w", ErrStoreUnavailable, op, err)
 }
+
+// searchesKey is a sorted set of rides being searched, scored by the unix
+// milliseconds after which their search is overdue. A search that ends
+// removes its ride; the sweep ends rides whose search died with its
+// process.
+func (s *RideStore) searchesKey() string { return s.cfg.Prefix + "searches" }
+
+// TrackSearch records that ride id is being searched until deadline.
+func (s *RideStore) TrackSearch(ctx context.Context, id RideID, deadline time.Time) error {
+	if err := s.rdb.ZAdd(ctx, s.searchesKey(), redis.Z{Score: float64(deadline.UnixMilli()), Member: string(id)}).Err(); err != nil {
+		return s.unavailable("track search", err)
+	}
+	return nil
+}
+
+// UntrackSearch records that the search of ride id ended.
+func (s *RideStore) UntrackSearch(ctx context.Context, id RideID) error {
+	if err := s.rdb.ZRem(ctx, s.searchesKey(), string(id)).Err(); err != nil {
+		return s.unavailable("untrack search", err)
+	}
+	return nil
+}
+
+// OverdueSearches returns up to limit rides whose search deadline passed
+// before now.
+func (s *RideStore) OverdueSearches(ctx context.Context, now time.Time, limit int64) ([]RideID, error) {
+	ids, err := s.rdb.ZRangeByScore(ctx, s.searchesKey(), &redis.ZRangeBy{
+		Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: limit,
+	}).Result()
+	if err != nil {
+		return nil, s.unavailable("overdue searches", err)
+	}
+	out := make([]RideID, len(ids))
+	for i, id := range ids {
+		out[i] = RideID(id)
+	}
+	return out, nil
+}

@@ -200,6 +200,7 @@ func (a *api) routes(mux *http.ServeMux) {
 // WebSockets.
 func (a *api) run(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return a.relay.Run(ctx) })
+	g.Go(func() error { return a.disp.Run(ctx) })
 	g.Go(func() error {
 		<-ctx.Done()
 		a.stop()
