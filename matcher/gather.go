@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/geo"
@@ -97,6 +98,7 @@ func (c GatherConfig) Validate() error {
 type Gatherer struct {
 	cfg    GatherConfig
 	owners Owners
+	stats  gatherCounters
 
 	plansMu sync.RWMutex
 	plans   map[planKey]*plan
@@ -115,6 +117,31 @@ func NewGatherer(owners Owners, cfg GatherConfig) (*Gatherer, error) {
 
 // Config returns the configuration.
 func (g *Gatherer) Config() GatherConfig { return g.cfg }
+
+// GatherStats counts what a Gatherer did since it was made; cmd exports
+// them as Prometheus counters.
+type GatherStats struct {
+	Gathers     uint64 // Gather calls that asked owners
+	Partial     uint64 // gathers with at least one missed partition
+	Short       uint64 // gathers that ended with fewer than N candidates
+	Grown       uint64 // gathers that needed a ring beyond k=1
+	OwnerCalls  uint64 // requests to owners
+	OwnerErrors uint64 // requests that failed or timed out
+	MissedParts uint64 // partitions missed, summed over gathers
+}
+
+type gatherCounters struct {
+	gathers, partial, short, grown, ownerCalls, ownerErrors, missedParts atomic.Uint64
+}
+
+// Stats returns the counters.
+func (g *Gatherer) Stats() GatherStats {
+	c := &g.stats
+	return GatherStats{
+		Gathers: c.gathers.Load(), Partial: c.partial.Load(), Short: c.short.Load(), Grown: c.grown.Load(),
+		OwnerCalls: c.ownerCalls.Load(), OwnerErrors: c.ownerErrors.Load(), MissedParts: c.missedParts.Load(),
+	}
+}
 
 // Owners returns the owner table the Gatherer asks.
 func (g *Gatherer) Owners() Owners { return g.owners }
@@ -200,6 +227,14 @@ func (g *Gatherer) Gather(ctx context.Context, pickup geo.LatLng, n int) (Gather
 		}
 	}
 	res.Partial = len(res.Missed) > 0
+	g.stats.gathers.Add(1)
+	if res.Partial {
+		g.stats.partial.Add(1)
+		g.stats.missedParts.Add(uint64(len(res.Missed)))
+	}
+	if res.Ring > 1 {
+		g.stats.grown.Add(1)
+	}
 	res.Candidates = make([]positions.Candidate, 0, len(best))
 	for _, c := range best {
 		if c.DistanceM <= res.RadiusM {
@@ -212,6 +247,9 @@ func (g *Gatherer) Gather(ctx context.Context, pickup geo.LatLng, n int) (Gather
 		}
 		return cmp.Compare(a.ID, b.ID)
 	})
+	if len(res.Candidates) < n {
+		g.stats.short.Add(1)
+	}
 	return res, nil
 }
 
@@ -243,9 +281,11 @@ func (g *Gatherer) ask(ctx context.Context, parts []positions.Partition, req pos
 		}
 		wg.Wait()
 	}
+	g.stats.ownerCalls.Add(uint64(len(groups)))
 	for _, r := range replies {
 		grp := groups[r.group]
 		if r.err != nil {
+			g.stats.ownerErrors.Add(1)
 			missed = append(missed, grp.Partitions...)
 			g.owners.Stale(grp.Owner, grp.Partitions)
 			continue

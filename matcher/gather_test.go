@@ -166,6 +166,9 @@ func TestGatherPartialWhenAnOwnerIsMissingOrSlow(t *testing.T) {
 				if len(res.Candidates) == 0 {
 					t.Error("no candidates from the healthy owners")
 				}
+				if st := g.Stats(); st.Gathers != 1 || st.Partial != 1 || st.MissedParts != uint64(len(res.Missed)) {
+					t.Errorf("stats %+v after one partial gather missing %d partitions", st, len(res.Missed))
+				}
 			})
 		}
 	}

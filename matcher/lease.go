@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -120,8 +121,33 @@ func FailFastOptions(addr string) *redis.Options {
 //
 // Leases is safe for concurrent use; all state lives in Redis.
 type Leases struct {
-	rdb redis.UniversalClient
-	cfg LeaseConfig
+	rdb   redis.UniversalClient
+	cfg   LeaseConfig
+	stats leaseCounters
+}
+
+// LeaseStats counts lease outcomes since Leases was made; cmd exports
+// them as Prometheus counters.
+type LeaseStats struct {
+	Reserved, Taken       uint64 // Reserve: won, lost to another ride
+	Committed, CommitLost uint64 // Commit: won, token not current
+	Released, ReleaseLost uint64 // Release: done (or nothing left), another holder
+	Unavailable           uint64 // any call that failed to reach Redis
+}
+
+type leaseCounters struct {
+	reserved, taken, committed, commitLost, released, releaseLost, unavailable atomic.Uint64
+}
+
+// Stats returns the counters.
+func (l *Leases) Stats() LeaseStats {
+	c := &l.stats
+	return LeaseStats{
+		Reserved: c.reserved.Load(), Taken: c.taken.Load(),
+		Committed: c.committed.Load(), CommitLost: c.commitLost.Load(),
+		Released: c.released.Load(), ReleaseLost: c.releaseLost.Load(),
+		Unavailable: c.unavailable.Load(),
+	}
 }
 
 // NewLeases returns Leases over rdb.
@@ -202,8 +228,10 @@ func (l *Leases) Reserve(ctx context.Context, driver positions.DriverID, ride Ri
 		return 0, l.wrap(ctx, "reserve", driver, err)
 	}
 	if n == 0 {
+		l.stats.taken.Add(1)
 		return 0, fmt.Errorf("reserve driver %s for ride %s: %w", driver, ride, ErrDriverTaken)
 	}
+	l.stats.reserved.Add(1)
 	return Token(n), nil
 }
 
@@ -235,8 +263,10 @@ func (l *Leases) Commit(ctx context.Context, driver positions.DriverID, ride Rid
 		return l.wrap(ctx, "commit", driver, err)
 	}
 	if n != 1 {
+		l.stats.commitLost.Add(1)
 		return fmt.Errorf("commit driver %s to ride %s with token %d: %w", driver, ride, token, ErrLeaseLost)
 	}
+	l.stats.committed.Add(1)
 	return nil
 }
 
@@ -270,8 +300,10 @@ func (l *Leases) Release(ctx context.Context, driver positions.DriverID, ride Ri
 		return l.wrap(ctx, "release", driver, err)
 	}
 	if n == 0 {
+		l.stats.releaseLost.Add(1)
 		return fmt.Errorf("release driver %s from ride %s with token %d: %w", driver, ride, token, ErrLeaseLost)
 	}
+	l.stats.released.Add(1)
 	return nil
 }
 
@@ -319,5 +351,6 @@ func (l *Leases) wrap(ctx context.Context, op string, driver positions.DriverID,
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s driver %s: %w", op, driver, ctx.Err())
 	}
+	l.stats.unavailable.Add(1)
 	return fmt.Errorf("%s driver %s: %w: %w", op, driver, ErrUnavailable, err)
 }

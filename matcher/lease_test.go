@@ -127,6 +127,10 @@ func TestLeaseLifecycle(t *testing.T) {
 	if err := l.Release(ctx, d, "r3", tok2); err != nil {
 		t.Fatalf("retried Release: %v", err)
 	}
+	st := l.Stats()
+	if st.Reserved != 3 || st.Taken != 3 || st.Committed != 2 || st.CommitLost != 2 || st.Released != 3 || st.ReleaseLost != 1 || st.Unavailable != 0 {
+		t.Fatalf("stats %+v", st)
+	}
 }
 
 func TestLeaseInvalidInput(t *testing.T) {

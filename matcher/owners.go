@@ -360,9 +360,13 @@ func (r *Resolver) Resolve(ctx context.Context, parts []positions.Partition) (ma
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
+		// Keep serving what we had, and do not ask again for CacheTTL: a
+		// black-holed Redis would otherwise cost every gather its
+		// timeout.
 		for _, p := range ask {
 			if c, ok := r.cache[p]; ok {
 				out[p] = c.Owner
+				r.cache[p] = cachedOwner{Owner: c.Owner, at: now}
 			}
 		}
 		return out, err

@@ -203,6 +203,11 @@ func TestResolverCacheStaleAndRedisDown(t *testing.T) {
 	if g, missing := groupsOf(); !slices.Equal(g["w1"], []positions.Partition{0}) || !slices.Equal(missing, []positions.Partition{3, 4}) {
 		t.Fatalf("with Redis down: %v, missing %v", g, missing)
 	}
+	// The failure refreshed the stale entries: within CacheTTL nobody
+	// asks the dead Redis again.
+	if _, err := res.Resolve(ctx, []positions.Partition{0, 1, 2}); err != nil {
+		t.Fatalf("Resolve from the refreshed cache: %v", err)
+	}
 }
 
 func TestHeartbeatPublishesWithdrawsAndReportsLoss(t *testing.T) {
