@@ -377,9 +377,12 @@ func (p *Publisher) forget() {
 }
 
 func (p *Publisher) produce(ctx context.Context, pe pendingEvent) {
+	// Key and value share one allocation.
+	n := len(pe.ev.Driver)
+	buf := AppendEvent(append(make([]byte, 0, n+eventHeaderLen+n), pe.ev.Driver...), pe.ev)
 	rec := &kgo.Record{
-		Key:       []byte(pe.ev.Driver),
-		Value:     AppendEvent(make([]byte, 0, eventHeaderLen+len(pe.ev.Driver)), pe.ev),
+		Key:       buf[:n:n],
+		Value:     buf[n:],
 		Partition: int32(pe.part),
 		Timestamp: pe.ev.ReceiveTime, // offsets-for-times in the rebuild count from it
 	}
