@@ -1,6 +1,9 @@
 package dispatch_test
 
 import (
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"testing"
 	"time"
@@ -57,5 +60,43 @@ func TestRateLimiterBoundsKeys(t *testing.T) {
 	c.t = c.t.Add(2 * time.Second)
 	if ok, _ := l.Allow("fresh2"); !ok {
 		t.Fatal("idle buckets were not reclaimed")
+	}
+}
+
+func TestRideEndpointsAreRateLimited(t *testing.T) {
+	e := newEngine(t, time.Second)
+	lim, _ := dispatch.NewRateLimiter(0.001, 3, 100, time.Now)
+	rides, err := dispatch.NewRides(dispatch.RidesConfig{Store: e.store, Dispatcher: e.disp, Leases: nopLeases{},
+		Signer: e.signer, Limiter: lim, Now: time.Now, Logger: slog.Default()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	rides.Routes(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	tok := e.tok(t, "u1", dispatch.RoleRider)
+	other := e.tok(t, "u2", dispatch.RoleRider)
+	get := func(token string) *http.Response {
+		req, _ := http.NewRequest("GET", srv.URL+"/v1/rides/nope", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	for i := range 3 {
+		if resp := get(tok); resp.StatusCode != http.StatusNotFound {
+			t.Fatalf("call %d: %d", i, resp.StatusCode)
+		}
+	}
+	resp := get(tok)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("over the limit: %d Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if resp := get(other); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("another client was limited: %d", resp.StatusCode)
 	}
 }

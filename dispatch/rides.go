@@ -52,15 +52,18 @@ func NewRides(cfg RidesConfig) (*Rides, error) {
 // Routes adds the ride endpoints to mux.
 func (h *Rides) Routes(mux Mux) {
 	rs := h.cfg.Signer
-	mux.Handle("POST /v1/rides", rs.RequireRole(h.cfg.Now, http.HandlerFunc(h.request), RoleRider))
-	mux.Handle("GET /v1/rides/{id}", rs.RequireRole(h.cfg.Now, http.HandlerFunc(h.get), RoleRider, RoleDriver, RoleOps))
-	mux.Handle("DELETE /v1/rides/{id}", rs.RequireRole(h.cfg.Now, http.HandlerFunc(h.cancel), RoleRider))
+	auth := func(f http.HandlerFunc, roles ...Role) http.Handler {
+		return rs.RequireRole(h.cfg.Now, h.limited(f), roles...)
+	}
+	mux.Handle("POST /v1/rides", auth(h.request, RoleRider))
+	mux.Handle("GET /v1/rides/{id}", auth(h.get, RoleRider, RoleDriver, RoleOps))
+	mux.Handle("DELETE /v1/rides/{id}", auth(h.cancel, RoleRider))
 	mux.Handle("GET /v1/rides/{id}/ws", http.HandlerFunc(h.watch))
 	for path, kind := range map[string]EventKind{
 		"accept": EvAccept, "decline": EvDecline, "arrived": EvArrive, "start": EvStart,
 		"complete": EvComplete, "cancel": EvDriverCancel,
 	} {
-		mux.Handle("POST /v1/rides/{id}/"+path, rs.RequireRole(h.cfg.Now, h.driverStep(kind), RoleDriver))
+		mux.Handle("POST /v1/rides/{id}/"+path, auth(h.driverStep(kind).ServeHTTP, RoleDriver))
 	}
 }
 
@@ -108,14 +111,24 @@ func storeError(err error) error {
 	return err
 }
 
-func (h *Rides) request(w http.ResponseWriter, r *http.Request) {
-	c, _ := ClaimsFrom(r.Context())
-	if h.cfg.Limiter != nil {
-		if ok, wait := h.cfg.Limiter.Allow("rider:" + c.Subject); !ok {
-			WriteError(w, &APIError{Status: http.StatusTooManyRequests, Code: "rate_limited", Message: "too many ride requests", RetryAfter: wait})
+// limited applies the per-subject rate limit (after authentication, so a
+// client cannot spend another's budget).
+func (h *Rides) limited(f http.HandlerFunc) http.HandlerFunc {
+	if h.cfg.Limiter == nil {
+		return f
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		c, _ := ClaimsFrom(r.Context())
+		if ok, wait := h.cfg.Limiter.Allow(string(c.Role) + ":" + c.Subject); !ok {
+			WriteError(w, &APIError{Status: http.StatusTooManyRequests, Code: "rate_limited", Message: "too many requests", RetryAfter: wait})
 			return
 		}
+		f(w, r)
 	}
+}
+
+func (h *Rides) request(w http.ResponseWriter, r *http.Request) {
+	c, _ := ClaimsFrom(r.Context())
 	var req RideRequest
 	if err := DecodeJSON(w, r, maxRideBody, &req); err != nil {
 		WriteError(w, err)

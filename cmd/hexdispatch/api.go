@@ -159,7 +159,7 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *a
 	if a.disp, err = dispatch.NewDispatcher(xc); err != nil {
 		return nil, err
 	}
-	limiter, err := dispatch.NewRateLimiter(2, 10, 100_000, time.Now)
+	limiter, err := dispatch.NewRateLimiter(5, 20, 100_000, time.Now) // per subject, all ride endpoints
 	if err != nil {
 		return nil, err
 	}
