@@ -33,3 +33,4 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLatLng$$' -fuzztime $(FUZZTIME) ./geo
 	$(GO) test -run '^$$' -fuzz '^FuzzReadDemand$$' -fuzztime $(FUZZTIME) ./sim
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./dispatch
+	$(GO) test -run '^$$' -fuzz '^FuzzDriverLocation$$' -fuzztime $(FUZZTIME) ./dispatch
