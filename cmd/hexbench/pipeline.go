@@ -317,6 +317,7 @@ func runPipelineRebuild(ctx context.Context, env Env) ([]Result, error) {
 
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
+	cpu0 := cpuTime()
 	start := time.Now()
 	if err := p.startWorker(wctx, ttl); err != nil {
 		return nil, err
@@ -325,12 +326,13 @@ func runPipelineRebuild(ctx context.Context, env Env) ([]Result, error) {
 		return nil, err
 	}
 	took := time.Since(start)
+	cpu := cpuTime() - cpu0
 	parts := p.worker.Partitions()
 	return []Result{{
 		System: "hexdispatch", Workload: "pipeline-rebuild", Drivers: env.Drivers,
 		OpsPerS: round(float64(p.worker.Stats().Records) / parts[0].Rebuild.Seconds()),
 		Ops:     int64(p.worker.Stats().Records), Seconds: round(took.Seconds()), GOMAXPROCS: runtime.GOMAXPROCS(0),
-		Note: fmt.Sprintf("1 partition, %d records in the topic, %d drivers rebuilt; seconds = worker start to ready (group join included), partition rebuild %v (assignment to ready)",
-			records, parts[0].Drivers, parts[0].Rebuild.Round(time.Millisecond)),
+		Note: fmt.Sprintf("1 partition, %d records in the topic, %d drivers rebuilt; seconds = worker start to ready (group join included), partition rebuild %v (assignment to ready), process CPU %v (broker and worker)",
+			records, parts[0].Drivers, parts[0].Rebuild.Round(time.Millisecond), cpu.Round(time.Millisecond)),
 	}}, nil
 }
