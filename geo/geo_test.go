@@ -292,3 +292,26 @@ func FuzzParseLatLng(f *testing.F) {
 		}
 	})
 }
+
+func TestParentOfMatchesH3(t *testing.T) {
+	for _, p := range []geo.LatLng{
+		{Lat: 37.7749, Lng: -122.4194}, {Lat: -33.8688, Lng: 151.2093}, {Lat: 89.9, Lng: 10},
+		{Lat: 0, Lng: 179.99}, {Lat: 64.7, Lng: 10.5}, // near a res-0 pentagon's neighbourhood too
+	} {
+		for fine := 0; fine <= 15; fine++ {
+			c, err := geo.CellAt(p, fine)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for res := 0; res <= fine; res++ {
+				want, err := geo.Parent(c, res)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := geo.ParentOf(c, res); got != want {
+					t.Fatalf("ParentOf(%s, %d) = %s, want %s", c, res, got, want)
+				}
+			}
+		}
+	}
+}

@@ -121,3 +121,16 @@ func CellCenter(c Cell) (LatLng, error) {
 	ll, err := h3.CellToLatLng(c)
 	return LatLng{Lat: ll.Lat, Lng: ll.Lng}, err
 }
+
+// ParentOf returns c's ancestor at res like Parent, in pure Go: an H3 index
+// holds its resolution in bits 52-55 and one 3-bit digit per resolution
+// below, and an ancestor is the same index with a coarser resolution and
+// the finer digits set to 7 (unused). It skips the cgo call, for loops over
+// many cells. c must be a valid cell (CheckCell) and res in [0, c's
+// resolution].
+func ParentOf(c Cell, res int) Cell {
+	v := uint64(c)
+	v = v&^(uint64(0xF)<<52) | uint64(res)<<52
+	v |= uint64(1)<<(uint(15-res)*3) - 1
+	return Cell(v)
+}

@@ -67,6 +67,9 @@ type record struct {
 	at  int64 // unix nanoseconds of the observation
 	c   *cell
 	pos int32 // index into c.entries
+	// h3 caches the position's H3 cell at geo.IndexRes for CellCounts;
+	// zero until first needed, reset when the driver moves.
+	h3 geo.Cell
 }
 
 // Stats counts what an Index did. The owner reads it with Index.Stats.
@@ -172,6 +175,9 @@ func (x *Index) Upsert(id DriverID, p geo.LatLng, st Status, seq uint64, at time
 	}
 	r.seq, r.at = seq, atN
 	e.ref = slot<<8 | uint32(st)
+	if old := r.c.entries[r.pos]; old.lat != e.lat || old.lng != e.lng {
+		r.h3 = 0
+	}
 	if r.c.key == key {
 		r.c.entries[r.pos] = e
 	} else {
@@ -297,7 +303,8 @@ func (x *Index) All() iter.Seq[Driver] {
 }
 
 // CellCounts returns how many live drivers matching f are in each H3 cell at
-// res.
+// res. Cells at res up to geo.IndexRes cost one cgo call per position the
+// first time and pure arithmetic after, until the driver moves.
 func (x *Index) CellCounts(res int, f Filter) (map[geo.Cell]int, error) {
 	if res < 0 || res > 15 {
 		return nil, fmt.Errorf("%w: resolution %d", geo.ErrInvalidResolution, res)
@@ -310,11 +317,24 @@ func (x *Index) CellCounts(res int, f Filter) (map[geo.Cell]int, error) {
 		if x.expired(r.at, now) || !f.Statuses.Has(e.status()) {
 			continue
 		}
-		c, err := geo.CellAt(geo.FromE7(e.lat, e.lng), res)
-		if err != nil {
-			return nil, err
+		if res > geo.IndexRes {
+			c, err := geo.CellAt(geo.FromE7(e.lat, e.lng), res)
+			if err != nil {
+				return nil, err
+			}
+			out[c]++
+			continue
 		}
-		out[c]++
+		// The index-resolution cell is computed once per position (a cgo
+		// call); coarser ones are its ancestors, found by bit arithmetic.
+		if r.h3 == 0 {
+			c, err := geo.CellAt(geo.FromE7(e.lat, e.lng), geo.IndexRes)
+			if err != nil {
+				return nil, err
+			}
+			r.h3 = c
+		}
+		out[geo.ParentOf(r.h3, res)]++
 	}
 	return out, nil
 }
