@@ -27,7 +27,7 @@ import (
 // positions.Publisher). It kills one worker with SIGKILL and checks that
 // the other owns every partition again, rebuilt, with every live driver.
 // The short variant runs in `make test`; HEXD_TEST_LONG=1 runs a longer
-// one with moving drivers and repeated kills.
+// one with 50,000 moving drivers and six kills.
 
 // buildBinaries builds devbroker and hexdispatch into a temp dir of t.
 func buildBinaries(t *testing.T) string {
@@ -270,6 +270,9 @@ func TestMultiProcessWorkerKill(t *testing.T) {
 	t.Logf("SEED=%d", seed)
 	f := &fleet{pt: pcfg.Partitioner, pos: make(map[positions.DriverID]geo.LatLng), seq: make(map[positions.DriverID]uint64),
 		rng: rand.New(rand.NewPCG(seed, 9)), pub: pub, size: 2000}
+	if long {
+		f.size = 50_000
+	}
 	f.pingAll(t, false)
 
 	a, aURL := startWorker("worker-a")
