@@ -137,6 +137,13 @@ func TestGatherPartialWhenAnOwnerIsMissingOrSlow(t *testing.T) {
 				tt.break_(cl, owners, bad)
 				cfg := matcher.DefaultGatherConfig()
 				cfg.Partitioner = pt
+				// Healthy owners must answer within the deadline even on a
+				// loaded machine under -race; only the hung owner waits it
+				// out.
+				cfg.Deadline = time.Minute
+				if bad.block {
+					cfg.Deadline = 500 * time.Millisecond
+				}
 				g, err := matcher.NewGatherer(owners, cfg)
 				if err != nil {
 					t.Fatal(err)
@@ -180,9 +187,11 @@ func TestGatherPartialWhenAnOwnerIsMissingOrSlow(t *testing.T) {
 // resolver's stale-owner path.
 func TestGatherRecoversAfterRebalance(t *testing.T) {
 	srv := redistest.Start(t)
-	rdb := redis.NewClient(matcher.FailFastOptions(srv.Addr))
+	rdb := redis.NewClient(testRedisOptions(srv.Addr))
 	t.Cleanup(func() { rdb.Close() })
-	reg, err := matcher.NewRegistry(rdb, matcher.DefaultRegistryConfig())
+	rcfg := matcher.DefaultRegistryConfig()
+	rcfg.OpTimeout = 5 * time.Second // not a timing test
+	reg, err := matcher.NewRegistry(rdb, rcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,6 +221,7 @@ func TestGatherRecoversAfterRebalance(t *testing.T) {
 	cfg := matcher.DefaultGatherConfig()
 	cfg.Partitioner = pt
 	cfg.MaxRing = 1
+	cfg.Deadline = time.Minute // the dead owner fails at once, as a refused connection does
 	g, err := matcher.NewGatherer(res, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +233,7 @@ func TestGatherRecoversAfterRebalance(t *testing.T) {
 	}
 
 	dead := cl.shards[1]
-	dead.setBlock(true)
+	dead.fail = errors.New("connection refused")
 	part, err := g.Gather(ctx, center, n)
 	if err != nil || !part.Partial {
 		t.Fatalf("gather with a dead owner: %+v, %v", part, err)
@@ -266,6 +276,7 @@ func TestGatherDedupesByFreshestSeq(t *testing.T) {
 	}
 	cfg := matcher.DefaultGatherConfig()
 	cfg.Partitioner = pt
+	cfg.Deadline = time.Minute // not a timing test
 	g, err := matcher.NewGatherer(cl.owners(), cfg)
 	if err != nil {
 		t.Fatal(err)

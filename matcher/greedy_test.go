@@ -154,7 +154,11 @@ func retried(ctx context.Context, down *atomic.Int64, f func() error, again *boo
 	}
 }
 
-func (r *rider) endTrips(ctx context.Context, all bool) {
+// endTrips releases the trips that are over (all of them with all). A
+// trip ends whatever happens to the matcher, so releases do not use the
+// matcher's ctx; they retry until Redis answers.
+func (r *rider) endTrips(all bool) {
+	ctx := context.Background()
 	kept := r.trips[:0]
 	for _, tr := range r.trips {
 		if tr.left > 0 && !all {
@@ -176,7 +180,7 @@ func (r *rider) endTrips(ctx context.Context, all bool) {
 }
 
 func (r *rider) step(ctx context.Context) {
-	r.endTrips(ctx, false)
+	r.endTrips(false)
 	r.n++
 	ride := matcher.RideID(fmt.Sprintf("g%d-%d", r.id, r.n))
 	m, hasty := r.normal, r.rng.IntN(5) == 0
@@ -196,19 +200,23 @@ func (r *rider) step(ctx context.Context) {
 		r.t.Errorf("rider %d: match: %v", r.id, err)
 		return
 	}
+	// An offer can expire while Redis is down (or, hasty, at once); then
+	// ErrLeaseLost is the truth.
+	var again bool
 	if r.rng.IntN(5) == 0 { // decline
-		if err := retry(ctx, r.down, func() error { return r.leases.Release(ctx, match.Driver.ID, ride, match.Token) }); err != nil && !(hasty && errors.Is(err, matcher.ErrLeaseLost)) {
+		err := retried(ctx, r.down, func() error { return r.leases.Release(ctx, match.Driver.ID, ride, match.Token) }, &again)
+		if err != nil && !((hasty || again) && errors.Is(err, matcher.ErrLeaseLost)) && ctx.Err() == nil {
 			r.t.Errorf("rider %d: decline: %v", r.id, err)
 		}
 		return
 	}
-	err = retry(ctx, r.down, func() error { return r.leases.Commit(ctx, match.Driver.ID, ride, match.Token) })
+	err = retried(ctx, r.down, func() error { return r.leases.Commit(ctx, match.Driver.ID, ride, match.Token) }, &again)
 	switch {
 	case err == nil:
 		r.log.Committed(match.Driver.ID, ride, match.Token) // after Commit returned
 		r.commits.Add(1)
 		r.trips = append(r.trips, trip{driver: match.Driver.ID, ride: ride, token: match.Token, left: r.rng.IntN(4)})
-	case errors.Is(err, matcher.ErrLeaseLost) && hasty:
+	case errors.Is(err, matcher.ErrLeaseLost) && (hasty || again):
 		r.stale.Add(1)
 	case ctx.Err() != nil:
 	default:
@@ -250,7 +258,7 @@ func TestGreedyConcurrentNeverAssignsADriverTwice(t *testing.T) {
 			for range rounds {
 				r.step(ctx)
 			}
-			r.endTrips(ctx, true)
+			r.endTrips(true)
 		})
 	}
 	close(start)
@@ -274,9 +282,9 @@ func TestGreedyConcurrentNeverAssignsADriverTwice(t *testing.T) {
 // matching resumes after the restart.
 func TestGreedySurvivesRedisRestart(t *testing.T) {
 	srv := redistest.StartWith(t, redistest.Options{AppendOnly: true})
-	rdb := redis.NewClient(matcher.FailFastOptions(srv.Addr))
+	rdb := redis.NewClient(testRedisOptions(srv.Addr))
 	t.Cleanup(func() { rdb.Close() })
-	l, err := matcher.NewLeases(rdb, matcher.DefaultLeaseConfig())
+	l, err := matcher.NewLeases(rdb, testLeaseConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +303,7 @@ func TestGreedySurvivesRedisRestart(t *testing.T) {
 			for ctx.Err() == nil {
 				r.step(ctx)
 			}
-			r.endTrips(context.Background(), true)
+			r.endTrips(true)
 		})
 	}
 	waitFor := func(what string, cond func() bool) {

@@ -56,12 +56,24 @@ type LeaseConfig struct {
 	// stalled fails a ride request fast (ErrUnavailable) instead of holding
 	// it for the client's own timeouts.
 	OpTimeout time.Duration
+	// BreakerFailures consecutive failures to reach Redis open a circuit
+	// breaker for BreakerCooldown: calls then fail at once (ErrUnavailable)
+	// instead of each waiting up to OpTimeout on a black-holed Redis, and
+	// a recovering Redis is not hit by every queued request at once. Zero
+	// turns the breaker off.
+	BreakerFailures int
+	BreakerCooldown time.Duration
+	// Now is the breaker's clock.
+	Now func() time.Time
 }
 
 // DefaultLeaseConfig returns a 15 s offer, a 6 h trip lock and 250 ms per
 // Redis call.
 func DefaultLeaseConfig() LeaseConfig {
-	return LeaseConfig{KeyPrefix: "hexd:", OfferTTL: 15 * time.Second, TripTTL: 6 * time.Hour, OpTimeout: 250 * time.Millisecond}
+	return LeaseConfig{
+		KeyPrefix: "hexd:", OfferTTL: 15 * time.Second, TripTTL: 6 * time.Hour, OpTimeout: 250 * time.Millisecond,
+		BreakerFailures: 5, BreakerCooldown: time.Second, Now: time.Now,
+	}
 }
 
 // Validate checks c.
@@ -73,6 +85,12 @@ func (c LeaseConfig) Validate() error {
 		return fmt.Errorf("%w: TripTTL %v is shorter than OfferTTL %v", ErrInvalidConfig, c.TripTTL, c.OfferTTL)
 	case c.OpTimeout <= 0:
 		return fmt.Errorf("%w: OpTimeout %v must be positive", ErrInvalidConfig, c.OpTimeout)
+	case c.BreakerFailures < 0:
+		return fmt.Errorf("%w: BreakerFailures %d is negative", ErrInvalidConfig, c.BreakerFailures)
+	case c.BreakerFailures > 0 && c.BreakerCooldown <= 0:
+		return fmt.Errorf("%w: BreakerCooldown %v must be positive with a breaker", ErrInvalidConfig, c.BreakerCooldown)
+	case c.BreakerFailures > 0 && c.Now == nil:
+		return fmt.Errorf("%w: Now is nil", ErrInvalidConfig)
 	}
 	return nil
 }
@@ -121,9 +139,10 @@ func FailFastOptions(addr string) *redis.Options {
 //
 // Leases is safe for concurrent use; all state lives in Redis.
 type Leases struct {
-	rdb   redis.UniversalClient
-	cfg   LeaseConfig
-	stats leaseCounters
+	rdb     redis.UniversalClient
+	cfg     LeaseConfig
+	stats   leaseCounters
+	breaker *breaker // nil: off
 }
 
 // LeaseStats counts lease outcomes since Leases was made; cmd exports
@@ -158,7 +177,44 @@ func NewLeases(rdb redis.UniversalClient, cfg LeaseConfig) (*Leases, error) {
 	if rdb == nil {
 		return nil, fmt.Errorf("%w: nil redis client", ErrInvalidConfig)
 	}
-	return &Leases{rdb: rdb, cfg: cfg}, nil
+	l := &Leases{rdb: rdb, cfg: cfg}
+	if cfg.BreakerFailures > 0 {
+		l.breaker = &breaker{failures: cfg.BreakerFailures, cooldown: cfg.BreakerCooldown, now: cfg.Now}
+	}
+	return l, nil
+}
+
+// RetryAfter is how long a client told ErrUnavailable should wait before
+// trying again (the API's Retry-After): the rest of the breaker's cooldown
+// while it is open, else one cooldown (or a second without a breaker).
+func (l *Leases) RetryAfter() time.Duration {
+	if d := l.breaker.retryAfter(); d > 0 {
+		return d
+	}
+	if l.breaker != nil {
+		return l.cfg.BreakerCooldown
+	}
+	return time.Second
+}
+
+// do runs one Redis call under OpTimeout and the breaker.
+func (l *Leases) do(ctx context.Context, f func(ctx context.Context) error) error {
+	if _, err := l.breaker.admit(); err != nil {
+		l.stats.unavailable.Add(1)
+		return err
+	}
+	octx, cancel := context.WithTimeout(ctx, l.cfg.OpTimeout)
+	defer cancel()
+	err := f(octx)
+	switch {
+	case err == nil || errors.Is(err, redis.Nil):
+		l.breaker.observe(true)
+	case ctx.Err() != nil:
+		l.breaker.neutral()
+	default:
+		l.breaker.observe(false)
+	}
+	return err
 }
 
 // Lease is a driver's current lease as stored.
@@ -221,9 +277,11 @@ func (l *Leases) Reserve(ctx context.Context, driver positions.DriverID, ride Ri
 	if ttl < time.Millisecond {
 		return 0, fmt.Errorf("%w: lease ttl %v is under 1ms", ErrInvalidConfig, ttl)
 	}
-	octx, cancel := context.WithTimeout(ctx, l.cfg.OpTimeout)
-	defer cancel()
-	n, err := reserveScript.Run(octx, l.rdb, []string{l.leaseKey(driver), l.fenceKey(driver)}, string(ride), ttl.Milliseconds()).Int64()
+	var n int64
+	err := l.do(ctx, func(ctx context.Context) (err error) {
+		n, err = reserveScript.Run(ctx, l.rdb, []string{l.leaseKey(driver), l.fenceKey(driver)}, string(ride), ttl.Milliseconds()).Int64()
+		return err
+	})
 	if err != nil {
 		return 0, l.wrap(ctx, "reserve", driver, err)
 	}
@@ -255,10 +313,12 @@ func (l *Leases) Commit(ctx context.Context, driver positions.DriverID, ride Rid
 	if err := checkIDs(driver, ride); err != nil {
 		return err
 	}
-	octx, cancel := context.WithTimeout(ctx, l.cfg.OpTimeout)
-	defer cancel()
-	n, err := commitScript.Run(octx, l.rdb, []string{l.leaseKey(driver)},
-		leaseValue(stateOffered, token, ride), leaseValue(stateCommitted, token, ride), l.cfg.TripTTL.Milliseconds()).Int64()
+	var n int64
+	err := l.do(ctx, func(ctx context.Context) (err error) {
+		n, err = commitScript.Run(ctx, l.rdb, []string{l.leaseKey(driver)},
+			leaseValue(stateOffered, token, ride), leaseValue(stateCommitted, token, ride), l.cfg.TripTTL.Milliseconds()).Int64()
+		return err
+	})
 	if err != nil {
 		return l.wrap(ctx, "commit", driver, err)
 	}
@@ -292,10 +352,12 @@ func (l *Leases) Release(ctx context.Context, driver positions.DriverID, ride Ri
 	if err := checkIDs(driver, ride); err != nil {
 		return err
 	}
-	octx, cancel := context.WithTimeout(ctx, l.cfg.OpTimeout)
-	defer cancel()
-	n, err := releaseScript.Run(octx, l.rdb, []string{l.leaseKey(driver)},
-		leaseValue(stateOffered, token, ride), leaseValue(stateCommitted, token, ride)).Int64()
+	var n int64
+	err := l.do(ctx, func(ctx context.Context) (err error) {
+		n, err = releaseScript.Run(ctx, l.rdb, []string{l.leaseKey(driver)},
+			leaseValue(stateOffered, token, ride), leaseValue(stateCommitted, token, ride)).Int64()
+		return err
+	})
 	if err != nil {
 		return l.wrap(ctx, "release", driver, err)
 	}
@@ -313,12 +375,16 @@ func (l *Leases) Holder(ctx context.Context, driver positions.DriverID) (lease L
 	if err := driver.Validate(); err != nil {
 		return Lease{}, false, err
 	}
-	octx, cancel := context.WithTimeout(ctx, l.cfg.OpTimeout)
-	defer cancel()
-	pipe := l.rdb.Pipeline()
-	get := pipe.Get(octx, l.leaseKey(driver))
-	pttl := pipe.PTTL(octx, l.leaseKey(driver))
-	if _, err := pipe.Exec(octx); err != nil && !errors.Is(err, redis.Nil) {
+	var get *redis.StringCmd
+	var pttl *redis.DurationCmd
+	err = l.do(ctx, func(ctx context.Context) error {
+		pipe := l.rdb.Pipeline()
+		get = pipe.Get(ctx, l.leaseKey(driver))
+		pttl = pipe.PTTL(ctx, l.leaseKey(driver))
+		_, err := pipe.Exec(ctx)
+		return err
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return Lease{}, false, l.wrap(ctx, "holder", driver, err)
 	}
 	v, err := get.Result()
@@ -350,6 +416,9 @@ func checkIDs(driver positions.DriverID, ride RideID) error {
 func (l *Leases) wrap(ctx context.Context, op string, driver positions.DriverID, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s driver %s: %w", op, driver, ctx.Err())
+	}
+	if errors.Is(err, ErrUnavailable) { // the breaker said so; counted in do
+		return fmt.Errorf("%s driver %s: %w", op, driver, err)
 	}
 	l.stats.unavailable.Add(1)
 	return fmt.Errorf("%s driver %s: %w: %w", op, driver, ErrUnavailable, err)

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,12 +35,28 @@ func seed(t testing.TB) uint64 {
 	return s
 }
 
+// testRedisOptions are FailFastOptions with timeouts that a loaded CI
+// machine running -race meets: a refused connection still fails at once,
+// but a slow answer is not taken for an outage.
+func testRedisOptions(addr string) *redis.Options {
+	o := matcher.FailFastOptions(addr)
+	o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = 5*time.Second, 5*time.Second, 5*time.Second
+	return o
+}
+
+// testLeaseConfig is DefaultLeaseConfig with the same allowance.
+func testLeaseConfig() matcher.LeaseConfig {
+	c := matcher.DefaultLeaseConfig()
+	c.OpTimeout = 5 * time.Second
+	return c
+}
+
 func newLeases(t testing.TB) (*matcher.Leases, *redistest.Server, *redis.Client) {
 	t.Helper()
 	srv := redistest.Start(t)
-	rdb := redis.NewClient(matcher.FailFastOptions(srv.Addr))
+	rdb := redis.NewClient(testRedisOptions(srv.Addr))
 	t.Cleanup(func() { rdb.Close() })
-	l, err := matcher.NewLeases(rdb, matcher.DefaultLeaseConfig())
+	l, err := matcher.NewLeases(rdb, testLeaseConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,5 +324,71 @@ func TestLeaseConfigValidate(t *testing.T) {
 		if err := c.Validate(); (err == nil) != tt.ok || (err != nil && !errors.Is(err, matcher.ErrInvalidConfig)) {
 			t.Errorf("%s: Validate = %v", tt.name, err)
 		}
+	}
+}
+
+func TestLeaseBreakerOpensAndRecovers(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(matcher.FailFastOptions(srv.Addr))
+	t.Cleanup(func() { rdb.Close() })
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	cfg := matcher.DefaultLeaseConfig()
+	cfg.BreakerFailures, cfg.BreakerCooldown, cfg.Now = 3, time.Second, clock.Now
+	l, err := matcher.NewLeases(rdb, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	reserve := func() error {
+		_, err := l.Reserve(ctx, "d1", matcher.RideID(fmt.Sprintf("r%d", time.Now().UnixNano())), 0)
+		if errors.Is(err, matcher.ErrDriverTaken) {
+			return nil // Redis answered
+		}
+		return err
+	}
+	if err := reserve(); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.RetryAfter(); got != time.Second {
+		t.Fatalf("RetryAfter while closed = %v, want one cooldown", got)
+	}
+	srv.Stop()
+	for i := range 3 {
+		if err := reserve(); !errors.Is(err, matcher.ErrUnavailable) || strings.Contains(err.Error(), "circuit") {
+			t.Fatalf("failure %d: %v, want a Redis error", i, err)
+		}
+	}
+	if err := reserve(); !errors.Is(err, matcher.ErrUnavailable) || !strings.Contains(err.Error(), "circuit open") {
+		t.Fatalf("after 3 failures: %v, want the breaker open", err)
+	}
+	clock.Advance(300 * time.Millisecond)
+	if got := l.RetryAfter(); got != 700*time.Millisecond {
+		t.Fatalf("RetryAfter = %v, want the rest of the cooldown", got)
+	}
+	srv.Restart()
+	if err := reserve(); !strings.Contains(fmt.Sprint(err), "circuit open") {
+		t.Fatalf("Redis back but cooldown not over: %v, want still open", err)
+	}
+	clock.Advance(time.Second)
+	if err := reserve(); err != nil {
+		t.Fatalf("half-open probe: %v", err)
+	}
+	if err := reserve(); err != nil {
+		t.Fatalf("after a good probe: %v", err)
+	}
+	// A failed probe opens the breaker again at once.
+	srv.Stop()
+	for range 3 {
+		reserve()
+	}
+	clock.Advance(2 * time.Second)
+	if err := reserve(); !errors.Is(err, matcher.ErrUnavailable) || strings.Contains(err.Error(), "circuit") {
+		t.Fatalf("probe: %v, want a Redis error", err)
+	}
+	if err := reserve(); !strings.Contains(fmt.Sprint(err), "circuit open") {
+		t.Fatalf("after a failed probe: %v, want open", err)
+	}
+	if st := l.Stats(); st.Unavailable != 10 {
+		t.Fatalf("stats %+v, want 10 unavailable", st)
 	}
 }

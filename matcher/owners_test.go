@@ -19,10 +19,11 @@ import (
 func newRegistry(t *testing.T, ttl time.Duration) (*matcher.Registry, *redistest.Server) {
 	t.Helper()
 	srv := redistest.Start(t)
-	rdb := redis.NewClient(matcher.FailFastOptions(srv.Addr))
+	rdb := redis.NewClient(testRedisOptions(srv.Addr))
 	t.Cleanup(func() { rdb.Close() })
 	cfg := matcher.DefaultRegistryConfig()
 	cfg.TTL = ttl
+	cfg.OpTimeout = 5 * time.Second // not a timing test
 	reg, err := matcher.NewRegistry(rdb, cfg)
 	if err != nil {
 		t.Fatal(err)
