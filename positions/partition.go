@@ -87,7 +87,9 @@ const (
 // EnsureTopic creates topic with partitions partitions if it does not
 // exist, and fails if it exists with another partition count: a gateway
 // hashing over P partitions and a topic with another count would scatter
-// drivers over shards no worker expects.
+// drivers over shards no worker expects. With partitions < 1 any existing
+// count is accepted and a missing topic gets one partition (the
+// dead-letter topic, whose partitioning does not matter).
 func EnsureTopic(ctx context.Context, cl *kgo.Client, topic string, partitions int32) error {
 	adm := kadm.NewClient(cl)
 	tds, err := adm.ListTopics(ctx, topic)
@@ -95,12 +97,12 @@ func EnsureTopic(ctx context.Context, cl *kgo.Client, topic string, partitions i
 		return fmt.Errorf("list topic %s: %w", topic, err)
 	}
 	if td, ok := tds[topic]; ok && td.Err == nil {
-		if got := int32(len(td.Partitions)); got != partitions {
+		if got := int32(len(td.Partitions)); partitions >= 1 && got != partitions {
 			return fmt.Errorf("%w: topic %s has %d partitions, want %d", ErrInvalidConfig, topic, got, partitions)
 		}
 		return nil
 	}
-	resp, err := adm.CreateTopic(ctx, partitions, -1, nil, topic)
+	resp, err := adm.CreateTopic(ctx, max(partitions, 1), -1, nil, topic)
 	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 		return fmt.Errorf("create topic %s: %w", topic, err)
 	}

@@ -408,3 +408,29 @@ func TestPublisherCoalescingProperty(t *testing.T) {
 		t.Errorf("stats %+v: the walk should coalesce and hand off", s)
 	}
 }
+
+func TestEnsureTopic(t *testing.T) {
+	_, brokers := startCluster(t, 4)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		topic string
+		parts int32
+		want  error
+	}{
+		{positions.DefaultTopic, 4, nil},                        // exists, matches
+		{positions.DefaultTopic, 8, positions.ErrInvalidConfig}, // exists, another count
+		{positions.DefaultDLQTopic, 0, nil},                     // any count will do
+		{"fresh", 3, nil},                                       // created
+		{"fresh", 3, nil},                                       // and now exists
+	} {
+		if err := positions.EnsureTopic(ctx, cl, tc.topic, tc.parts); !errors.Is(err, tc.want) {
+			t.Errorf("EnsureTopic(%s, %d) = %v, want %v", tc.topic, tc.parts, err, tc.want)
+		}
+	}
+}

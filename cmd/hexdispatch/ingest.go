@@ -90,7 +90,7 @@ func (in *ingest) ensureTopics(ctx context.Context, cfg config) error {
 	if err := positions.EnsureTopic(ctx, cl, positions.DefaultTopic, int32(cfg.partitions)); err != nil {
 		return err
 	}
-	return positions.EnsureTopic(ctx, cl, positions.DefaultDLQTopic, 1)
+	return positions.EnsureTopic(ctx, cl, positions.DefaultDLQTopic, 0)
 }
 
 // run starts the publisher and worker goroutines on g.
