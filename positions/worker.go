@@ -346,19 +346,32 @@ func (w *Worker) adjustOffsets(ctx context.Context, offsets map[string]map[int32
 	w.ownersMu.Unlock()
 	// End first: records produced between the two lookups are replayed
 	// either way, and the target can only be earlier, never missing.
-	ends, err := adm.ListEndOffsets(ctx, w.cfg.Topic)
-	if err == nil {
-		err = ends.Error()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("positions worker: end offsets: %w", err)
-	}
-	starts, err := adm.ListOffsetsAfterMilli(ctx, since, w.cfg.Topic)
-	if err == nil {
-		err = starts.Error()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("positions worker: offsets for time: %w", err)
+	// A failure here fails the group session and kgo rejoins, so a few
+	// quick retries first ride out a broker blip.
+	var ends, starts kadm.ListedOffsets
+	var err error
+	for attempt := 1; ; attempt++ {
+		ends, err = adm.ListEndOffsets(ctx, w.cfg.Topic)
+		if err == nil {
+			err = ends.Error()
+		}
+		if err == nil {
+			starts, err = adm.ListOffsetsAfterMilli(ctx, since, w.cfg.Topic)
+			if err == nil {
+				err = starts.Error()
+			}
+		}
+		if err == nil {
+			break
+		}
+		if attempt == 3 {
+			return nil, fmt.Errorf("positions worker: rebuild offsets: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
 	}
 	w.ownersMu.Lock()
 	defer w.ownersMu.Unlock()
