@@ -23,7 +23,9 @@ type breaker struct {
 	probing   bool      // a half-open call is in flight
 }
 
-// errBreakerOpen is wrapped with ErrUnavailable by admit.
+// admit says whether a call may go to the store. While open it returns
+// an error wrapping ErrUnavailable and the time left; after the cooldown
+// it admits one probe at a time. A nil breaker admits everything.
 func (b *breaker) admit() (retryAfter time.Duration, err error) {
 	if b == nil {
 		return 0, nil
