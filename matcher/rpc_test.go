@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/internal/redistest"
 	"github.com/hexdispatch/hexdispatch/matcher"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
@@ -285,4 +288,96 @@ func hasNaN(vs ...float64) bool {
 		}
 	}
 	return false
+}
+
+// TestGatherAcrossProcessesWithRegistry is the cross-process path end to
+// end: workers serve the query RPC on loopback and publish their
+// partitions in Redis; the matcher resolves owners there and dials them.
+// A worker dies, gathers are partial; a newer generation moves its
+// partitions, gathers are complete again.
+func TestGatherAcrossProcessesWithRegistry(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(testRedisOptions(srv.Addr))
+	t.Cleanup(func() { rdb.Close() })
+	rcfg := matcher.DefaultRegistryConfig()
+	rcfg.OpTimeout = 5 * time.Second
+	reg, err := matcher.NewRegistry(rdb, rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(seed(t), 6))
+	pt := positions.Partitioner{ShardRes: 6, Partitions: 6}
+	cl := newCluster(t, pt, 3)
+	cl.scatter(t, rng, nyc, 15_000, 2000)
+	_, servers := rpcCluster(t, cl)
+	addr := func(s *shard) string { return strings.TrimPrefix(servers[s].URL, "http://") }
+	ctx := context.Background()
+	publish := func(fence int64) {
+		t.Helper()
+		for p, s := range cl.owner {
+			if err := reg.Publish(ctx, p, matcher.Owner{Addr: addr(s), Fence: fence}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	publish(1)
+	hc := matcher.DefaultRPCHTTPClient()
+	t.Cleanup(hc.CloseIdleConnections)
+	res, err := matcher.NewResolver(reg, matcher.DialRPC(hc), matcher.DefaultResolverConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := matcher.DefaultGatherConfig()
+	cfg.Partitioner = pt
+	cfg.Deadline = time.Minute // a dead worker refuses connections at once
+	g, err := matcher.NewGatherer(res, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := matcher.NewGatherer(cl.owners(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pickups := make([]geo.LatLng, 20)
+	for i := range pickups {
+		pickups[i] = offset(nyc, (rng.Float64()-0.5)*12_000, (rng.Float64()-0.5)*12_000)
+	}
+	check := func(phase string, wantPartial bool) {
+		t.Helper()
+		partial := 0
+		for i, p := range pickups {
+			got, err := g.Gather(ctx, p, 5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Partial {
+				partial++
+				continue
+			}
+			want, _ := local.Gather(ctx, p, 5)
+			if !reflect.DeepEqual(ids(got.Candidates), ids(want.Candidates)) {
+				t.Fatalf("%s: pickup %d: %v, in process %v", phase, i, ids(got.Candidates), ids(want.Candidates))
+			}
+		}
+		if wantPartial && partial == 0 || !wantPartial && partial > 0 {
+			t.Fatalf("%s: %d of %d gathers partial", phase, partial, len(pickups))
+		}
+	}
+	check("healthy", false)
+
+	dead := cl.shards[1]
+	servers[dead].Close()
+	check("worker dead", true)
+
+	live := cl.shards[0]
+	for p, s := range cl.owner {
+		if s == dead {
+			live.mu.Lock()
+			live.indexes[p] = dead.indexes[p]
+			live.mu.Unlock()
+			cl.owner[p] = live
+		}
+	}
+	publish(2)
+	check("after rebalance", false)
 }
