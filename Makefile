@@ -34,3 +34,5 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadDemand$$' -fuzztime $(FUZZTIME) ./sim
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./dispatch
 	$(GO) test -run '^$$' -fuzz '^FuzzDriverLocation$$' -fuzztime $(FUZZTIME) ./dispatch
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./positions
+	$(GO) test -run '^$$' -fuzz '^FuzzAssign$$' -fuzztime $(FUZZTIME) ./matcher
