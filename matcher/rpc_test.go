@@ -354,8 +354,10 @@ func TestGatherAcrossProcessesWithRegistry(t *testing.T) {
 				partial++
 				continue
 			}
+			// Only the first n are exact; the extras depend on how the
+			// partitions are grouped by owner, which a rebalance changes.
 			want, _ := local.Gather(ctx, p, 5)
-			if !reflect.DeepEqual(ids(got.Candidates), ids(want.Candidates)) {
+			if !reflect.DeepEqual(ids(got.Candidates[:min(5, len(got.Candidates))]), ids(want.Candidates[:min(5, len(want.Candidates))])) {
 				t.Fatalf("%s: pickup %d: %v, in process %v", phase, i, ids(got.Candidates), ids(want.Candidates))
 			}
 		}
