@@ -8,9 +8,11 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/matcher"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
@@ -49,9 +51,19 @@ var heatmapLayers = map[string]positions.Filter{
 // MaxHeatmapCells bounds one heatmap answer; the busiest cells are kept.
 const MaxHeatmapCells = 20000
 
+// PolicyControl reads and changes the matching policy per region;
+// *matcher.Switch implements it.
+type PolicyControl interface {
+	Policies() (matcher.Policy, map[geo.Cell]matcher.Policy)
+	SetDefault(p matcher.Policy) error
+	SetRegion(region geo.Cell, p matcher.Policy) error
+}
+
 // OpsConfig configures the ops endpoints.
 type OpsConfig struct {
-	Supply  SupplySource
+	Supply SupplySource
+	// Policy, when set, is served at /v1/ops/policy.
+	Policy  PolicyControl
 	Signer  *Signer
 	Now     func() time.Time
 	Timeout time.Duration // per heatmap request; default 2 s
@@ -61,7 +73,7 @@ type OpsConfig struct {
 var opsFS embed.FS
 
 // OpsRoutes are the patterns OpsHandler serves.
-var OpsRoutes = []string{"GET /ops", "GET /v1/ops/heatmap", "GET /v1/ops/runtime"}
+var OpsRoutes = []string{"GET /ops", "GET /v1/ops/heatmap", "GET /v1/ops/runtime", "GET /v1/ops/policy", "PUT /v1/ops/policy"}
 
 // OpsHandler serves the ops console at /ops and the heatmap API at
 // /v1/ops/heatmap (ops role), plus /v1/ops/runtime for the memory panel.
@@ -93,7 +105,58 @@ func OpsHandler(cfg OpsConfig) http.Handler {
 			"heap_alloc_bytes": ms.HeapAlloc, "sys_bytes": ms.Sys, "goroutines": runtime.NumGoroutine(),
 		})
 	}), RoleOps))
+	mux.Handle("GET /v1/ops/policy", cfg.Signer.RequireRole(cfg.Now, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if cfg.Policy == nil {
+			WriteError(w, &APIError{Status: http.StatusNotFound, Code: "not_found", Message: "no policy switch in this process"})
+			return
+		}
+		writeJSON(w, http.StatusOK, policyView(cfg.Policy))
+	}), RoleOps))
+	mux.Handle("PUT /v1/ops/policy", cfg.Signer.RequireRole(cfg.Now, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if cfg.Policy == nil {
+			WriteError(w, &APIError{Status: http.StatusNotFound, Code: "not_found", Message: "no policy switch in this process"})
+			return
+		}
+		var req struct {
+			Region string         `json:"region"`
+			Policy matcher.Policy `json:"policy"`
+		}
+		if err := DecodeJSON(w, r, 1024, &req); err != nil {
+			WriteError(w, err)
+			return
+		}
+		if req.Region == "" {
+			if err := cfg.Policy.SetDefault(req.Policy); err != nil {
+				WriteError(w, BadField("policy", "%v", err))
+				return
+			}
+		} else {
+			var c geo.Cell
+			if err := c.UnmarshalText([]byte(req.Region)); err != nil {
+				WriteError(w, BadField("region", "%q is not an H3 cell", req.Region))
+				return
+			}
+			if err := cfg.Policy.SetRegion(c, req.Policy); err != nil {
+				field := "region"
+				if strings.Contains(err.Error(), "policy") {
+					field = "policy"
+				}
+				WriteError(w, BadField(field, "%v", err))
+				return
+			}
+		}
+		writeJSON(w, http.StatusOK, policyView(cfg.Policy))
+	}), RoleOps))
 	return mux
+}
+
+func policyView(p PolicyControl) map[string]any {
+	def, over := p.Policies()
+	regions := make(map[string]matcher.Policy, len(over))
+	for c, v := range over {
+		regions[c.String()] = v
+	}
+	return map[string]any{"default": def, "regions": regions}
 }
 
 func heatmap(r *http.Request, cfg OpsConfig) (Heatmap, error) {

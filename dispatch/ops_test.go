@@ -11,8 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/hexdispatch/hexdispatch/dispatch"
 	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/matcher"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
@@ -193,4 +196,78 @@ func TestHeatmapAuthAndValidation(t *testing.T) {
 	if code != 200 || !strings.Contains(string(body), "<canvas id=\"map\">") {
 		t.Fatalf("/ops = %d", code)
 	}
+}
+
+func TestPolicyEndpoint(t *testing.T) {
+	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: 2}
+	gc := matcher.DefaultGatherConfig()
+	gc.Partitioner = pt
+	g, err := matcher.NewGatherer(matcher.LocalOwners{Querier: emptyQuerier{}}, gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No Redis call is made by a policy change; the client is never used.
+	l, err := matcher.NewLeases(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), matcher.DefaultLeaseConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	gr, _ := matcher.NewGreedy(g, l, matcher.DefaultGreedyConfig())
+	bc := matcher.DefaultBatcherConfig()
+	bc.Partitioner = pt
+	b, _ := matcher.NewBatcher(g, l, nil, bc)
+	defer b.Close()
+	sw, err := matcher.NewSwitch(gr, b, pt, matcher.PolicyGreedy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := dispatch.NewSigner([]byte("ops-test-secret-0123456789"))
+	srv := httptest.NewServer(dispatch.OpsHandler(dispatch.OpsConfig{Supply: &shards{}, Signer: s, Policy: sw}))
+	defer srv.Close()
+	ops := mint(t, s, dispatch.RoleOps)
+	put := func(token, body string) (int, string) {
+		req, _ := http.NewRequest("PUT", srv.URL+"/v1/ops/policy", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	region, _ := geo.ShardCell(geo.LatLng{Lat: 40.758, Lng: -73.9855}, geo.DefaultShardRes)
+	if code, body := put(ops, `{"region":"`+region.String()+`","policy":"batched"}`); code != 200 || !strings.Contains(body, `"`+region.String()+`":"batched"`) {
+		t.Fatalf("set region: %d %s", code, body)
+	}
+	if sw.PolicyFor(geo.LatLng{Lat: 40.758, Lng: -73.9855}) != matcher.PolicyBatched {
+		t.Fatal("the switch did not change")
+	}
+	if code, body := put(ops, `{"policy":"batched"}`); code != 200 || !strings.Contains(body, `"default":"batched"`) {
+		t.Fatalf("set default: %d %s", code, body)
+	}
+	for _, bad := range []struct{ body, field string }{
+		{`{"policy":"fastest"}`, "policy"},
+		{`{"region":"zz","policy":"greedy"}`, "region"},
+		{`{"region":"872a100d7ffffff","policy":"greedy"}`, "region"}, // res 7, not a shard
+	} {
+		if code, body := put(ops, bad.body); code != 400 || !strings.Contains(body, `"field":"`+bad.field+`"`) {
+			t.Errorf("%s: %d %s", bad.body, code, body)
+		}
+	}
+	if code, _ := put(mint(t, s, dispatch.RoleRider), `{"policy":"greedy"}`); code != 403 {
+		t.Fatalf("rider changed the policy: %d", code)
+	}
+	if code, body := get(t, srv.URL+"/v1/ops/policy", ops); code != 200 || !strings.Contains(string(body), `"default":"batched"`) {
+		t.Fatalf("get: %d %s", code, body)
+	}
+}
+
+type emptyQuerier struct{}
+
+func (emptyQuerier) Nearest(context.Context, positions.NearestRequest) (positions.NearestResponse, error) {
+	return positions.NearestResponse{}, nil
+}
+
+func (emptyQuerier) CellCounts(context.Context, positions.CellCountsRequest) (positions.CellCountsResponse, error) {
+	return positions.CellCountsResponse{}, nil
 }

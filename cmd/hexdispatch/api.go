@@ -39,6 +39,7 @@ type api struct {
 	disp    *dispatch.Dispatcher
 	rides   *dispatch.Rides
 	ops     http.Handler
+	policy  *matcher.Switch
 	dev     bool // tokens use the dev secret: print some at start
 	// closing ends at shutdown, closing the rider WebSockets.
 	closing context.Context
@@ -153,9 +154,21 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *a
 	xc.OfferTimeout = cfg.offerTimeout
 	gr := matcher.DefaultGreedyConfig()
 	gr.OfferTTL = cfg.offerTimeout + 2*time.Second // the lease outlives the offer a little
-	if xc.Finder, err = matcher.NewGreedy(g, leases, gr); err != nil {
+	greedy, err := matcher.NewGreedy(g, leases, gr)
+	if err != nil {
 		return nil, err
 	}
+	bc := matcher.DefaultBatcherConfig()
+	bc.Partitioner, bc.OfferTTL, bc.Batch.Window = pt, gr.OfferTTL, cfg.batchWindow
+	batcher, err := matcher.NewBatcher(g, leases, nil, bc)
+	if err != nil {
+		return nil, err
+	}
+	if a.policy, err = matcher.NewSwitch(greedy, batcher, pt, matcher.Policy(cfg.policy)); err != nil {
+		batcher.Close()
+		return nil, err
+	}
+	xc.Finder = a.policy
 	if a.disp, err = dispatch.NewDispatcher(xc); err != nil {
 		return nil, err
 	}
@@ -169,7 +182,7 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *a
 		Locator: a.drivers, OriginPatterns: dc.OriginPatterns, Closing: a.closing}); err != nil {
 		return nil, err
 	}
-	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: workerSupply{w: in.worker, parts: int32(cfg.partitions)}, Signer: a.signer})
+	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: workerSupply{w: in.worker, parts: int32(cfg.partitions)}, Signer: a.signer, Policy: a.policy})
 
 	a.dev = dev
 	return a, nil
@@ -193,6 +206,7 @@ func (a *api) routes(mux *http.ServeMux) {
 	a.rides.Routes(mux)
 	mux.Handle("GET /ops", a.ops)
 	mux.Handle("GET /v1/ops/", a.ops)
+	mux.Handle("PUT /v1/ops/", a.ops)
 	mux.Handle("GET /openapi.json", dispatch.OpenAPIHandler())
 }
 
@@ -206,6 +220,7 @@ func (a *api) run(ctx context.Context, g *errgroup.Group) {
 		a.stop()
 		a.drivers.Close()
 		a.disp.Close()
+		a.policy.Batcher().Close()
 		return nil
 	})
 }
@@ -261,6 +276,14 @@ var (
 	descNoDriver        = prometheus.NewDesc("hexd_dispatch_no_driver_total", "Rides that ended with no driver.", nil, nil)
 	descDispatchErrors  = prometheus.NewDesc("hexd_dispatch_errors_total", "Errors inside ride searches.", nil, nil)
 	descRelay           = prometheus.NewDesc("hexd_ride_events_total", "Ride events moved to Kafka, and relay errors.", []string{"result"}, nil)
+	descPolicyRequests  = prometheus.NewDesc("hexd_match_requests_total", "Match requests by policy and result.", []string{"policy", "result"}, nil)
+	descPolicyETA       = prometheus.NewDesc("hexd_match_eta_seconds_sum", "Sum of the pickup ETAs of matched requests, by policy (divide by matched for the mean).", []string{"policy"}, nil)
+	descBatchWindows    = prometheus.NewDesc("hexd_batch_windows_total", "Batched-policy windows planned.", nil, nil)
+	descBatchRiders     = prometheus.NewDesc("hexd_batch_riders_total", "Riders in batched windows (divide by windows for the mean window size).", nil, nil)
+	descBatchSolve      = prometheus.NewDesc("hexd_batch_solve_seconds_sum", "Time spent solving window assignments.", nil, nil)
+	descBatchContended  = prometheus.NewDesc("hexd_batch_contended_total", "Planned drivers another ride reserved first.", nil, nil)
+	descBatchPlanETA    = prometheus.NewDesc("hexd_batch_plan_eta_seconds_sum", "Planned pickup ETA over all windows: batched, and greedy on the same windows (the gain is their difference).", []string{"plan"}, nil)
+	descBatchPlanned    = prometheus.NewDesc("hexd_batch_plan_assigned_total", "Riders assigned over all windows by the batched plan and by greedy on the same windows.", []string{"plan"}, nil)
 )
 
 func (c apiCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
@@ -282,4 +305,20 @@ func (c apiCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(r.Produced), "produced")
 	ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(r.Errors), "error")
 	ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(r.Dropped), "notice_dropped")
+	for _, p := range []matcher.Policy{matcher.PolicyGreedy, matcher.PolicyBatched} {
+		st := c.a.policy.Stats(p)
+		for result, v := range map[string]uint64{"matched": st.Matched, "no_driver": st.NoDriver, "error": st.Errors} {
+			ch <- prometheus.MustNewConstMetric(descPolicyRequests, prometheus.CounterValue, float64(v), string(p), result)
+		}
+		ch <- prometheus.MustNewConstMetric(descPolicyETA, prometheus.CounterValue, st.ETASum.Seconds(), string(p))
+	}
+	b := c.a.policy.Batcher().Stats()
+	ch <- prometheus.MustNewConstMetric(descBatchWindows, prometheus.CounterValue, float64(b.Windows))
+	ch <- prometheus.MustNewConstMetric(descBatchRiders, prometheus.CounterValue, float64(b.Riders))
+	ch <- prometheus.MustNewConstMetric(descBatchSolve, prometheus.CounterValue, time.Duration(b.SolveNanos).Seconds())
+	ch <- prometheus.MustNewConstMetric(descBatchContended, prometheus.CounterValue, float64(b.Contended))
+	ch <- prometheus.MustNewConstMetric(descBatchPlanETA, prometheus.CounterValue, time.Duration(b.BatchedETA).Seconds(), "batched")
+	ch <- prometheus.MustNewConstMetric(descBatchPlanETA, prometheus.CounterValue, time.Duration(b.GreedyETA).Seconds(), "greedy")
+	ch <- prometheus.MustNewConstMetric(descBatchPlanned, prometheus.CounterValue, float64(b.BatchedAssigned), "batched")
+	ch <- prometheus.MustNewConstMetric(descBatchPlanned, prometheus.CounterValue, float64(b.GreedyAssigned), "greedy")
 }

@@ -112,6 +112,51 @@ func TestRunMatchesARide(t *testing.T) {
 	}
 }
 
+// TestRunBatchedPolicy runs the same ride with the batched policy as the
+// default: the request waits for its region's window, then the driver gets
+// the offer.
+func TestRunBatchedPolicy(t *testing.T) {
+	base := startRun(t, "-token-secret", testSecret, "-partitions", "2", "-policy", "batched", "-batch-window", "100ms")
+	waitReady(t, base, 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+"/v1/drivers/ws?access_token="+mintToken(t, "driver", "d7"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	b, _ := json.Marshal(map[string]any{"type": "position", "lat": 40.7590, "lng": -73.9845, "status": "available", "seq": 1})
+	if err := c.Write(ctx, websocket.MessageText, b); err != nil {
+		t.Fatal(err)
+	}
+	code, ride := call(t, "POST", base+"/v1/rides", mintToken(t, "rider", "u7"), `{"pickup":{"lat":40.7580,"lng":-73.9855},"dropoff":{"lat":40.7061,"lng":-74.0087}}`)
+	if code != http.StatusCreated {
+		t.Fatalf("request: %d %v", code, ride)
+	}
+	for {
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			t.Fatalf("waiting for the offer: %v", err)
+		}
+		var m map[string]any
+		json.Unmarshal(b, &m)
+		if m["type"] == "offer" && m["ride"] == ride["id"] {
+			break
+		}
+	}
+	_, body := get(t, base+"/metrics")
+	if sumMetric(body, "hexd_batch_windows_total") < 1 {
+		t.Fatalf("no batch window in the metrics:\n%s", body)
+	}
+	ops := mintToken(t, "ops", "o1")
+	if code, p := call(t, "GET", base+"/v1/ops/policy", ops, ""); code != 200 || p["default"] != "batched" {
+		t.Fatalf("policy: %d %v", code, p)
+	}
+	if code, p := call(t, "PUT", base+"/v1/ops/policy", ops, `{"policy":"greedy"}`); code != 200 || p["default"] != "greedy" {
+		t.Fatalf("switch: %d %v", code, p)
+	}
+}
+
 func TestTokenCommand(t *testing.T) {
 	for _, args := range [][]string{
 		{"token", "-secret", testSecret, "-role", "admin", "-sub", "x"},

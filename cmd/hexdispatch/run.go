@@ -33,6 +33,8 @@ type config struct {
 	tokenSecret     string        // HMAC secret of bearer tokens; empty = dev secret
 	offerTimeout    time.Duration
 	allowedOrigins  string // extra browser origins for the driver WebSocket
+	policy          string // default matching policy
+	batchWindow     time.Duration
 }
 
 var roles = []string{"all", "api", "worker"}
@@ -52,6 +54,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.redis, "redis", "", "Redis address (host:port); empty starts an in-process Redis (miniredis)")
 	fs.StringVar(&c.tokenSecret, "token-secret", "", "HMAC secret of bearer tokens (at least 16 bytes); empty uses a dev secret kept in the temp dir and prints dev tokens")
 	fs.DurationVar(&c.offerTimeout, "offer-timeout", 10*time.Second, "how long a driver has to answer an offer before the next candidate gets it")
+	fs.StringVar(&c.policy, "policy", "greedy", "default matching policy: greedy | batched (ops switch it per region at /v1/ops/policy)")
+	fs.DurationVar(&c.batchWindow, "batch-window", 2*time.Second, "how long the batched policy collects a region's requests before planning them")
 	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "comma-separated extra browser origins (host patterns) allowed to open the driver WebSocket")
 	if err := applyEnv(fs); err != nil {
 		return c, err
@@ -73,6 +77,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.ttl <= 0 {
 		return c, fmt.Errorf("-ttl %v: must be positive", c.ttl)
+	}
+	if c.policy != "greedy" && c.policy != "batched" {
+		return c, fmt.Errorf("-policy %q: want greedy or batched", c.policy)
+	}
+	if c.batchWindow < 10*time.Millisecond || c.batchWindow > time.Minute {
+		return c, fmt.Errorf("-batch-window %v: want 10ms to 1m", c.batchWindow)
 	}
 	if c.offerTimeout < time.Second || c.offerTimeout > 5*time.Minute {
 		return c, fmt.Errorf("-offer-timeout %v: want 1s to 5m", c.offerTimeout)
