@@ -244,7 +244,8 @@ func (r *Registry) Resolve(ctx context.Context, parts []positions.Partition) (ma
 }
 
 // Heartbeat publishes the partitions owned() returns as owned by addr
-// every TTL/3 until ctx is done, then withdraws the last set. A partition
+// every TTL/3 until ctx is done, withdrawing partitions as they leave the
+// set and the last set at the end. A partition
 // that Publish reports stale is passed to lost (if not nil) so the worker
 // can stop serving it. It returns ctx's error.
 func (r *Registry) Heartbeat(ctx context.Context, addr string, owned func() map[positions.Partition]int64, lost func(positions.Partition, error)) error {
@@ -252,7 +253,16 @@ func (r *Registry) Heartbeat(ctx context.Context, addr string, owned func() map[
 	defer tick.Stop()
 	var last map[positions.Partition]int64
 	for {
-		last = owned()
+		cur := owned()
+		// Partitions given up since the last beat (revoked, or the worker
+		// is shrinking): withdraw them so matchers stop asking at once
+		// rather than after TTL.
+		for p, fence := range last {
+			if f, ok := cur[p]; !ok || f != fence {
+				_ = r.Withdraw(ctx, p, Owner{Addr: addr, Fence: fence})
+			}
+		}
+		last = cur
 		for p, fence := range last {
 			err := r.Publish(ctx, p, Owner{Addr: addr, Fence: fence})
 			if errors.Is(err, ErrStaleOwner) && lost != nil {

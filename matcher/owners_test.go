@@ -3,6 +3,7 @@ package matcher_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -214,7 +215,13 @@ func TestResolverCacheStaleAndRedisDown(t *testing.T) {
 func TestHeartbeatPublishesWithdrawsAndReportsLoss(t *testing.T) {
 	reg, _ := newRegistry(t, 60*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
-	owned := func() map[positions.Partition]int64 { return map[positions.Partition]int64{7: 3, 8: 3} }
+	var ownedMu sync.Mutex
+	ownedSet := map[positions.Partition]int64{7: 3, 8: 3, 9: 3}
+	owned := func() map[positions.Partition]int64 {
+		ownedMu.Lock()
+		defer ownedMu.Unlock()
+		return maps.Clone(ownedSet)
+	}
 	lostc := make(chan positions.Partition, 16)
 	lost := func(p positions.Partition, err error) {
 		if !errors.Is(err, matcher.ErrStaleOwner) {
@@ -250,7 +257,27 @@ func TestHeartbeatPublishesWithdrawsAndReportsLoss(t *testing.T) {
 	}
 	w1 := matcher.Owner{Addr: "w1", Fence: 3}
 	w2 := matcher.Owner{Addr: "w2", Fence: 4}
+	waitPart9 := func(want bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got, err := reg.Resolve(context.Background(), []positions.Partition{9})
+			if err == nil && (len(got) == 1) == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("partition 9 owners = %v, %v; want present %v", got, err, want)
+			}
+			time.Sleep(2 * time.Millisecond) // polling with a deadline
+		}
+	}
 	waitOwners(map[positions.Partition]matcher.Owner{7: w1, 8: w1})
+	waitPart9(true)
+	// The worker gives 9 up: the next beat withdraws it.
+	ownedMu.Lock()
+	delete(ownedSet, 9)
+	ownedMu.Unlock()
+	waitPart9(false)
 	// A newer generation gives 8 to w2: w1's heartbeat is told it lost it
 	// and cannot take it back.
 	if err := reg.Publish(context.Background(), 8, w2); err != nil {
