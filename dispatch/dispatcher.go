@@ -123,7 +123,13 @@ type Dispatcher struct {
 	searches   map[RideID]*search
 
 	searched, offers, accepted, declined, timedOut, noDriver, errs atomic.Uint64
+
+	// matchLatency is from the start of a search to its first offer.
+	matchLatency positions.LatencyHistogram
 }
+
+// MatchLatency returns the distribution of request-to-first-offer times.
+func (d *Dispatcher) MatchLatency() positions.LatencySnapshot { return d.matchLatency.Snapshot() }
 
 // NewDispatcher returns a dispatcher.
 func NewDispatcher(cfg DispatcherConfig) (*Dispatcher, error) {
@@ -317,6 +323,7 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 		log.Warn("search: cannot start", "err", err)
 		return
 	}
+	started := time.Now()
 	var tried []positions.DriverID
 	for offers := 0; offers < d.cfg.MaxOffers; {
 		m, err := d.cfg.Finder.Match(ctx, matcher.MatchRequest{Ride: matcher.RideID(r.ID), Pickup: r.Pickup, Exclude: tried})
@@ -358,6 +365,9 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 			continue
 		}
 		d.offers.Add(1)
+		if offers == 1 {
+			d.matchLatency.Observe(time.Since(started))
+		}
 		expires := d.cfg.Now().Add(d.cfg.OfferTimeout)
 		d.cfg.Notifier.Send(o.Driver, OfferMessage{Type: "offer", Ride: r.ID, Pickup: r.Pickup, Dropoff: r.Dropoff,
 			ETA: o.ETA.Seconds(), DistanceM: o.DistanceM, ExpiresAt: expires})

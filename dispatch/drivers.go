@@ -186,6 +186,13 @@ func (d *Drivers) Stats() DriverStats {
 		Connections: d.connections.Load(), Dropped: d.dropped.Load()}
 }
 
+// Connections returns how many driver WebSockets are open.
+func (d *Drivers) Connections() int {
+	d.connsMu.Lock()
+	defer d.connsMu.Unlock()
+	return len(d.conns)
+}
+
 // Connected reports whether driver id has a WebSocket open here.
 func (d *Drivers) Connected(id positions.DriverID) bool {
 	d.connsMu.Lock()
@@ -426,6 +433,10 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 	d.reader(ctx, conn, id, dc)
 	cancel()
 	wg.Wait()
+	if d.base.Err() != nil {
+		conn.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
 	conn.Close(websocket.StatusNormalClosure, "")
 }
 

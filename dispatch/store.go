@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -70,6 +71,17 @@ func (c StoreConfig) Validate() error {
 type RideStore struct {
 	rdb redis.UniversalClient
 	cfg StoreConfig
+
+	entered [numStates]atomic.Uint64 // transitions into each state, by this process
+}
+
+// Entered returns how many rides this store moved into state s (created,
+// for requested).
+func (s *RideStore) Entered(st State) uint64 {
+	if !st.Valid() {
+		return 0
+	}
+	return s.entered[st].Load()
 }
 
 // NewRideStore returns a store over rdb.
@@ -128,6 +140,7 @@ func (s *RideStore) Create(ctx context.Context, r Ride) (Ride, bool, error) {
 		return Ride{}, false, s.unavailable("create", err)
 	}
 	if created, _ := res[0].(int64); created == 1 {
+		s.entered[Requested].Add(1)
 		return r, true, nil
 	}
 	if len(res) < 3 {
@@ -196,6 +209,7 @@ func (s *RideStore) Apply(ctx context.Context, id RideID, ev Event) (Ride, error
 		case err != nil:
 			return Ride{}, s.unavailable("update", err)
 		case ok == 1:
+			s.entered[next.State].Add(1)
 			return next, nil
 		case ok == -1:
 			return Ride{}, fmt.Errorf("%w: %s", ErrRideNotFound, id)

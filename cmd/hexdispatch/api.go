@@ -40,6 +40,7 @@ type api struct {
 	rides   *dispatch.Rides
 	ops     http.Handler
 	policy  *matcher.Switch
+	store   *dispatch.RideStore
 	dev     bool // tokens use the dev secret: print some at start
 	// closing ends at shutdown, closing the rider WebSockets.
 	closing context.Context
@@ -108,6 +109,7 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *a
 	if err != nil {
 		return nil, err
 	}
+	a.store = store
 
 	a.events, err = kgo.NewClient(kgo.SeedBrokers(in.brokers...), kgo.DefaultProduceTopic(dispatch.DefaultRideEventsTopic))
 	if err != nil {
@@ -276,6 +278,9 @@ var (
 	descNoDriver        = prometheus.NewDesc("hexd_dispatch_no_driver_total", "Rides that ended with no driver.", nil, nil)
 	descDispatchErrors  = prometheus.NewDesc("hexd_dispatch_errors_total", "Errors inside ride searches.", nil, nil)
 	descRelay           = prometheus.NewDesc("hexd_ride_events_total", "Ride events moved to Kafka, and relay errors.", []string{"result"}, nil)
+	descMatchLatency    = prometheus.NewDesc("hexd_match_latency_seconds", "Time from a ride request to its first offer.", nil, nil)
+	descRideStates      = prometheus.NewDesc("hexd_ride_transitions_total", "Rides this process moved into each state.", []string{"state"}, nil)
+	descWSConns         = prometheus.NewDesc("hexd_gateway_websockets", "Driver WebSockets open.", nil, nil)
 	descPolicyRequests  = prometheus.NewDesc("hexd_match_requests_total", "Match requests by policy and result.", []string{"policy", "result"}, nil)
 	descPolicyETA       = prometheus.NewDesc("hexd_match_eta_seconds_sum", "Sum of the pickup ETAs of matched requests, by policy (divide by matched for the mean).", []string{"policy"}, nil)
 	descBatchWindows    = prometheus.NewDesc("hexd_batch_windows_total", "Batched-policy windows planned.", nil, nil)
@@ -312,6 +317,11 @@ func (c apiCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descPolicyETA, prometheus.CounterValue, st.ETASum.Seconds(), string(p))
 	}
+	ch <- histogram(descMatchLatency, c.a.disp.MatchLatency())
+	for st := dispatch.Requested; st.Valid(); st++ {
+		ch <- prometheus.MustNewConstMetric(descRideStates, prometheus.CounterValue, float64(c.a.store.Entered(st)), st.String())
+	}
+	ch <- prometheus.MustNewConstMetric(descWSConns, prometheus.GaugeValue, float64(c.a.drivers.Connections()))
 	b := c.a.policy.Batcher().Stats()
 	ch <- prometheus.MustNewConstMetric(descBatchWindows, prometheus.CounterValue, float64(b.Windows))
 	ch <- prometheus.MustNewConstMetric(descBatchRiders, prometheus.CounterValue, float64(b.Riders))

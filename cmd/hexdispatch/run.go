@@ -25,6 +25,7 @@ type config struct {
 	role            string
 	shutdownTimeout time.Duration
 	logLevel        string
+	logFormat       string
 	kafka           string        // comma-separated brokers; empty = in-process kfake
 	partitions      int           // partitions of the positions topic
 	ttl             time.Duration // driver TTL, also the rebuild window
@@ -47,6 +48,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.role, "role", "all", "process role: "+strings.Join(roles, " | "))
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug | info | warn | error")
+	fs.StringVar(&c.logFormat, "log-format", "json", "log format on stderr: json | text")
 	fs.StringVar(&c.kafka, "kafka", "", "comma-separated Kafka brokers (host:port); empty starts an in-process Kafka (kfake)")
 	fs.IntVar(&c.partitions, "partitions", 16, "partitions of the driver-positions topic (every gateway and worker must agree)")
 	fs.DurationVar(&c.ttl, "ttl", 30*time.Second, "a driver silent this long disappears; also the window a worker replays to rebuild a partition")
@@ -117,12 +119,19 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("-log-level %q: %w", level, err)
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("-log-format %q: want json or text", format)
 }
 
 // run is the whole program; main only wires signals and exit codes, so tests
@@ -138,7 +147,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
-	log, err := newLogger(stderr, cfg.logLevel)
+	log, err := newLogger(stderr, cfg.logLevel, cfg.logFormat)
 	if err != nil {
 		return err
 	}
@@ -176,7 +185,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("listen %s: %w", cfg.addr, err)
 	}
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           instrument(mux, reg),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,

@@ -86,6 +86,9 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"-role", "boss"},
 		{"-shutdown-timeout", "0s"},
 		{"-log-level", "loud"},
+		{"-log-format", "xml"},
+		{"-policy", "fastest"},
+		{"-batch-window", "2h"},
 		{"extra"},
 		{"-nosuchflag"},
 	} {
