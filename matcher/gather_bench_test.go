@@ -16,12 +16,20 @@ import (
 // shard res 6 over 3 in-process owners, as `-role all` with three worker
 // shards would hold them.
 func benchGatherer(b *testing.B) (*matcher.Gatherer, geo.LatLng) {
-	return benchGathererOver(b, false)
+	return benchGathererOver(b, transportInProcess)
 }
+
+type transport int
+
+const (
+	transportInProcess transport = iota
+	transportHTTP1
+	transportH2C
+)
 
 // benchGathererOver builds the bench city; with rpc the three owners are
 // served over loopback HTTP, as three worker processes would be.
-func benchGathererOver(b *testing.B, rpc bool) (*matcher.Gatherer, geo.LatLng) {
+func benchGathererOver(b *testing.B, tr transport) (*matcher.Gatherer, geo.LatLng) {
 	b.Helper()
 	rng := rand.New(rand.NewPCG(1, 1))
 	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: 12}
@@ -31,8 +39,8 @@ func benchGathererOver(b *testing.B, rpc bool) (*matcher.Gatherer, geo.LatLng) {
 	cfg := matcher.DefaultGatherConfig()
 	cfg.Partitioner = pt
 	var owners matcher.Owners = cl.owners()
-	if rpc {
-		owners, _ = rpcCluster(b, cl)
+	if tr != transportInProcess {
+		owners, _ = rpcClusterWith(b, cl, tr == transportH2C)
 	}
 	g, err := matcher.NewGatherer(owners, cfg)
 	if err != nil {
@@ -41,14 +49,17 @@ func benchGathererOver(b *testing.B, rpc bool) (*matcher.Gatherer, geo.LatLng) {
 	return g, center
 }
 
-func BenchmarkGather(b *testing.B) { benchmarkGather(b, false) }
+func BenchmarkGather(b *testing.B) { benchmarkGather(b, transportInProcess) }
 
 // BenchmarkGatherRPC is BenchmarkGather with the owners behind the worker
-// query RPC on loopback.
-func BenchmarkGatherRPC(b *testing.B) { benchmarkGather(b, true) }
+// query RPC on loopback (HTTP/1.1 keep-alive).
+func BenchmarkGatherRPC(b *testing.B) { benchmarkGather(b, transportHTTP1) }
 
-func benchmarkGather(b *testing.B, rpc bool) {
-	g, center := benchGathererOver(b, rpc)
+// BenchmarkGatherRPCH2C is BenchmarkGatherRPC over unencrypted HTTP/2.
+func BenchmarkGatherRPCH2C(b *testing.B) { benchmarkGather(b, transportH2C) }
+
+func benchmarkGather(b *testing.B, tr transport) {
+	g, center := benchGathererOver(b, tr)
 	cfg := g.Config()
 	cfg.Probe = false
 	noProbe, err := matcher.NewGatherer(g.Owners(), cfg)

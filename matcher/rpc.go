@@ -25,7 +25,10 @@ import (
 // decoding them as JSON costs more than the index search that produced
 // them. Why not a custom TCP protocol: HTTP gives deadlines, connection
 // reuse, status codes and tooling for free, and on loopback its framing
-// costs a few microseconds.
+// costs a few microseconds. Why HTTP/1.1 and not HTTP/2: with a pool of
+// keep-alive connections it is faster here; BenchmarkGatherRPC against
+// BenchmarkGatherRPCH2C (unencrypted HTTP/2, one multiplexed connection)
+// measured p50 170 µs vs 267 µs per gather on a loaded 2-core machine.
 //
 // Bodies start with a version byte. Numbers are unsigned or zig-zag
 // varints; coordinates and distances are float64 bits, little endian.

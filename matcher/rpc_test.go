@@ -105,12 +105,30 @@ func TestRPCDecodeRejectsBadBodies(t *testing.T) {
 // rpcCluster serves every shard of cl over loopback HTTP and returns
 // owners that reach them through RPCClients.
 func rpcCluster(t testing.TB, cl *cluster) (matcher.StaticOwners, map[*shard]*httptest.Server) {
+	return rpcClusterWith(t, cl, false)
+}
+
+// rpcClusterWith is rpcCluster; h2c serves and dials unencrypted HTTP/2
+// instead of HTTP/1.1, to compare the two.
+func rpcClusterWith(t testing.TB, cl *cluster, h2c bool) (matcher.StaticOwners, map[*shard]*httptest.Server) {
 	t.Helper()
 	servers := make(map[*shard]*httptest.Server)
 	hc := matcher.DefaultRPCHTTPClient()
+	if h2c {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		hc.Transport.(*http.Transport).Protocols = &p
+	}
 	clients := make(map[*shard]*matcher.RPCClient)
 	for _, s := range cl.shards {
-		srv := httptest.NewServer(matcher.NewRPCHandler(s))
+		srv := httptest.NewUnstartedServer(matcher.NewRPCHandler(s))
+		if h2c {
+			var p http.Protocols
+			p.SetUnencryptedHTTP2(true)
+			p.SetHTTP1(true)
+			srv.Config.Protocols = &p
+		}
+		srv.Start()
 		t.Cleanup(srv.Close)
 		servers[s] = srv
 		clients[s] = matcher.NewRPCClient(strings.TrimPrefix(srv.URL, "http://"), hc)
