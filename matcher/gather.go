@@ -51,11 +51,12 @@ type GatherConfig struct {
 	PlanCache int
 }
 
-// DefaultGatherConfig returns the design's defaults: shards at res 6 over
-// 12 partitions, N = 5, rings up to 3, 4 km, 50 ms, available drivers.
+// DefaultGatherConfig returns the design's defaults: the publisher's
+// default partitioning (shards at res 6 over 16 partitions), N = 5, rings
+// up to 3, 4 km, 50 ms, available drivers.
 func DefaultGatherConfig() GatherConfig {
 	return GatherConfig{
-		Partitioner:   positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: 12},
+		Partitioner:   positions.DefaultPublisherConfig().Partitioner,
 		MinCandidates: 5,
 		MaxRing:       3,
 		MaxRadiusM:    4000,
