@@ -131,6 +131,7 @@ func runIndexKNN(ctx context.Context, env Env) ([]Result, error) {
 func runIndexMemory(_ context.Context, env Env) ([]Result, error) {
 	var before, after runtime.MemStats
 	runtime.GC()
+	runtime.GC() // the second cycle frees sync.Pool victims, so they cannot vanish mid-measurement
 	runtime.ReadMemStats(&before)
 	cfg := positions.DefaultConfig()
 	cfg.TTL = 24 * time.Hour

@@ -14,9 +14,11 @@ import (
 
 func TestRunPrintsOneJSONLinePerResult(t *testing.T) {
 	var out, errOut bytes.Buffer
+	// Sizes where the index dwarfs heap noise: the memory figure is a
+	// difference of two heap readings.
 	err := run(context.Background(), []string{
 		"-workloads", "index-upsert,index-knn,index-memory",
-		"-drivers", "500,2000", "-duration", "20ms",
+		"-drivers", "20000,50000", "-duration", "20ms",
 	}, &out, &errOut)
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, errOut.String())
@@ -28,12 +30,12 @@ func TestRunPrintsOneJSONLinePerResult(t *testing.T) {
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			t.Fatalf("line %q: %v", sc.Text(), err)
 		}
-		if r.System != "hexdispatch" || (r.Drivers != 500 && r.Drivers != 2000) {
+		if r.System != "hexdispatch" || (r.Drivers != 20000 && r.Drivers != 50000) {
 			t.Fatalf("bad result %+v", r)
 		}
 		switch r.Workload {
 		case "index-memory":
-			if r.BytesPerDriver <= 0 || r.OpsPerS != 0 {
+			if r.BytesPerDriver < 40 || r.BytesPerDriver > 400 || r.OpsPerS != 0 {
 				t.Fatalf("memory result %+v", r)
 			}
 		default:
@@ -48,7 +50,7 @@ func TestRunPrintsOneJSONLinePerResult(t *testing.T) {
 			t.Fatalf("workload %s: %d results, want 2 (%v)", w, seen[w], seen)
 		}
 	}
-	if !strings.Contains(errOut.String(), "index-knn drivers=2000") {
+	if !strings.Contains(errOut.String(), "index-knn drivers=50000") {
 		t.Fatalf("no progress on stderr: %q", errOut.String())
 	}
 }
@@ -111,5 +113,24 @@ func TestRunWithRedisPeerPrintsRatios(t *testing.T) {
 		if !strings.Contains(errOut.String(), w) {
 			t.Fatalf("ratio table lacks %q:\n%s", w, errOut.String())
 		}
+	}
+}
+
+func TestGatherWorkloads(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"-workloads", "gather,gather-rpc", "-drivers", "3000", "-duration", "50ms"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	sc := bufio.NewScanner(&out)
+	for sc.Scan() {
+		var r Result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil || r.OpsPerS <= 0 || r.P99us <= 0 || strings.Contains(r.Note, " 0 partial") == false {
+			t.Fatalf("result %s: %v", sc.Text(), err)
+		}
+		n++
+	}
+	if n != 2 {
+		t.Fatalf("%d results, want 2", n)
 	}
 }
