@@ -147,8 +147,11 @@ type Worker struct {
 	ownersMu sync.Mutex
 	owners   map[Partition]*owner
 	joined   bool // an assignment has completed and not been lost since
-	cl       *kgo.Client
-	adm      *kadm.Client
+	// generation is the consumer-group generation of the last assignment:
+	// the fence an ownership registry needs.
+	generation int64
+	cl         *kgo.Client
+	adm        *kadm.Client
 
 	ownersWG sync.WaitGroup
 
@@ -291,9 +294,11 @@ func (w *Worker) owner(p Partition) *owner {
 // onAssigned runs after every assignment, even an empty one. New
 // partitions get a (not ready) owner here already, so that Ready is false
 // from the moment they are ours; adjustOffsets sets their rebuild target.
-func (w *Worker) onAssigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+func (w *Worker) onAssigned(_ context.Context, cl *kgo.Client, assigned map[string][]int32) {
+	_, gen := cl.GroupMetadata()
 	w.ownersMu.Lock()
 	defer w.ownersMu.Unlock()
+	w.generation = int64(gen)
 	for _, p := range assigned[w.cfg.Topic] {
 		if _, ok := w.owners[Partition(p)]; !ok {
 			w.startOwnerLocked(Partition(p))
@@ -561,6 +566,21 @@ func (w *Worker) Ready() bool {
 		}
 	}
 	return true
+}
+
+// Owned returns the partitions this worker owns and has rebuilt, each with
+// the consumer-group generation that gave it: what it publishes in the
+// ownership registry (a newer generation fences an older owner out).
+func (w *Worker) Owned() map[Partition]int64 {
+	w.ownersMu.Lock()
+	defer w.ownersMu.Unlock()
+	out := make(map[Partition]int64, len(w.owners))
+	for p, o := range w.owners {
+		if o.ready.Load() {
+			out[p] = w.generation
+		}
+	}
+	return out
 }
 
 // Partitions returns the owned partitions, sorted.

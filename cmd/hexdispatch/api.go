@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -141,13 +140,23 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *a
 		return nil, err
 	}
 
+	// In role all the worker is called in-process; in role api the owners
+	// of the partitions are found in the Redis registry and called over the
+	// query RPC.
+	var owners matcher.Owners = matcher.LocalOwners{Querier: in.worker}
 	if in.worker == nil {
-		return nil, errors.New("-role api needs the cross-process worker query RPC, which is not built yet; run -role all")
+		reg, err := matcher.NewRegistry(a.rdb, matcher.DefaultRegistryConfig())
+		if err != nil {
+			return nil, err
+		}
+		if owners, err = matcher.NewResolver(reg, matcher.DialRPC(nil), matcher.DefaultResolverConfig()); err != nil {
+			return nil, err
+		}
 	}
 	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: int32(cfg.partitions)}
 	gc := matcher.DefaultGatherConfig()
 	gc.Partitioner = pt
-	g, err := matcher.NewGatherer(matcher.LocalOwners{Querier: in.worker}, gc)
+	g, err := matcher.NewGatherer(owners, gc)
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +193,7 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *a
 		Locator: a.drivers, OriginPatterns: dc.OriginPatterns, Closing: a.closing}); err != nil {
 		return nil, err
 	}
-	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: workerSupply{w: in.worker, parts: int32(cfg.partitions)}, Signer: a.signer, Policy: a.policy})
+	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: ownersSupply{owners: owners, parts: int32(cfg.partitions)}, Signer: a.signer, Policy: a.policy})
 
 	a.dev = dev
 	return a, nil
@@ -247,22 +256,6 @@ func (a *api) close() {
 // register adds the API's collectors to reg.
 func (a *api) register(reg *prometheus.Registry) {
 	reg.MustRegister(apiCollector{a})
-}
-
-// workerSupply sums cell counts over every partition of the in-process
-// worker.
-type workerSupply struct {
-	w     *positions.Worker
-	parts int32
-}
-
-func (s workerSupply) CellCounts(ctx context.Context, res int, f positions.Filter) (map[geo.Cell]int, []positions.Partition, error) {
-	all := make([]positions.Partition, s.parts)
-	for i := range all {
-		all[i] = positions.Partition(i)
-	}
-	r, err := s.w.CellCounts(ctx, positions.CellCountsRequest{Partitions: all, Res: res, Filter: f})
-	return r.Counts, r.Missed, err
 }
 
 // apiCollector exports the API's counters.

@@ -34,6 +34,7 @@ type config struct {
 	tokenSecret     string        // HMAC secret of bearer tokens; empty = dev secret
 	offerTimeout    time.Duration
 	allowedOrigins  string // extra browser origins for the driver WebSocket
+	rpcAddr         string // worker query RPC listen address (role worker with -redis)
 	policy          string // default matching policy
 	batchWindow     time.Duration
 }
@@ -56,6 +57,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.redis, "redis", "", "Redis address (host:port); empty starts an in-process Redis (miniredis)")
 	fs.StringVar(&c.tokenSecret, "token-secret", "", "HMAC secret of bearer tokens (at least 16 bytes); empty uses a dev secret kept in the temp dir and prints dev tokens")
 	fs.DurationVar(&c.offerTimeout, "offer-timeout", 10*time.Second, "how long a driver has to answer an offer before the next candidate gets it")
+	fs.StringVar(&c.rpcAddr, "rpc-addr", "127.0.0.1:0", "role worker with -redis: listen address of the internal query RPC that api processes call (published in Redis; port 0 picks one)")
 	fs.StringVar(&c.policy, "policy", "greedy", "default matching policy: greedy | batched (ops switch it per region at /v1/ops/policy)")
 	fs.DurationVar(&c.batchWindow, "batch-window", 2*time.Second, "how long the batched policy collects a region's requests before planning them")
 	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "comma-separated extra browser origins (host patterns) allowed to open the driver WebSocket")
@@ -79,6 +81,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.ttl <= 0 {
 		return c, fmt.Errorf("-ttl %v: must be positive", c.ttl)
+	}
+	if c.role == "api" && (c.redis == "" || c.kafka == "") {
+		return c, errors.New("-role api needs -kafka and -redis: it finds the workers through the ownership registry in Redis")
 	}
 	if c.policy != "greedy" && c.policy != "batched" {
 		return c, fmt.Errorf("-policy %q: want greedy or batched", c.policy)
@@ -170,6 +175,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	mux.HandleFunc("GET /readyz", in.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 
+	var own *ownership
+	if cfg.role == "worker" && cfg.redis != "" {
+		if own, err = newOwnership(cfg, log, in.worker); err != nil {
+			return err
+		}
+		defer own.close()
+	} else if cfg.role == "worker" {
+		log.Warn("no -redis: this worker does not publish its partitions, so api processes cannot query it")
+	}
 	var front *api
 	if cfg.role == "all" || cfg.role == "api" {
 		if front, err = newAPI(ctx, cfg, log, in); err != nil {
@@ -200,6 +214,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	in.run(gctx, g)
+	if own != nil {
+		own.run(gctx, g)
+	}
 	if front != nil {
 		front.run(gctx, g)
 	}

@@ -89,6 +89,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"-log-format", "xml"},
 		{"-policy", "fastest"},
 		{"-batch-window", "2h"},
+		{"-role", "api"}, // needs -kafka and -redis
 		{"extra"},
 		{"-nosuchflag"},
 	} {
@@ -105,8 +106,8 @@ func TestEnvOverridesDefault(t *testing.T) {
 	if err != nil || c.role != "worker" {
 		t.Fatalf("role = %q, %v", c.role, err)
 	}
-	c, err = parseFlags([]string{"-role", "api"}, io.Discard)
-	if err != nil || c.role != "api" {
+	c, err = parseFlags([]string{"-role", "all"}, io.Discard)
+	if err != nil || c.role != "all" {
 		t.Fatalf("flag should win over env: role = %q, %v", c.role, err)
 	}
 	t.Setenv("HEXD_SHUTDOWN_TIMEOUT", "soon")

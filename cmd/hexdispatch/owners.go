@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/matcher"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// ownership is the worker side of cross-process queries (role worker with
+// -redis): the internal query RPC listener, and the heartbeat that
+// publishes the partitions this worker owns, fenced by the consumer-group
+// generation, so api processes can find it.
+type ownership struct {
+	ln  net.Listener
+	srv *http.Server
+	rdb *redis.Client
+	reg *matcher.Registry
+	w   *positions.Worker
+	log *slog.Logger
+}
+
+func newOwnership(cfg config, log *slog.Logger, w *positions.Worker) (*ownership, error) {
+	ln, err := net.Listen("tcp", cfg.rpcAddr)
+	if err != nil {
+		return nil, fmt.Errorf("-rpc-addr %s: %w", cfg.rpcAddr, err)
+	}
+	o := &ownership{ln: ln, w: w, log: log,
+		rdb: redis.NewClient(matcher.FailFastOptions(cfg.redis)),
+		srv: &http.Server{Handler: matcher.NewRPCHandler(w), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}}
+	if o.reg, err = matcher.NewRegistry(o.rdb, matcher.DefaultRegistryConfig()); err != nil {
+		o.close()
+		return nil, err
+	}
+	return o, nil
+}
+
+func (o *ownership) run(ctx context.Context, g *errgroup.Group) {
+	addr := o.ln.Addr().String()
+	o.log.Info("worker query RPC listening", "addr", addr)
+	g.Go(func() error {
+		if err := o.srv.Serve(o.ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("query RPC server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		err := o.reg.Heartbeat(ctx, addr, o.w.Owned, func(p positions.Partition, err error) {
+			o.log.Warn("a newer owner holds a partition this worker still has", "partition", p, "err", err)
+		})
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		o.srv.Shutdown(sctx)
+		if errors.Is(err, context.Canceled) {
+			return nil
+		}
+		return err
+	})
+}
+
+func (o *ownership) close() {
+	o.ln.Close()
+	o.rdb.Close()
+}
+
+// ownersSupply sums cell counts over every partition, asking each owner
+// for its partitions in parallel; partitions with no live owner or whose
+// owner failed are reported missed.
+type ownersSupply struct {
+	owners matcher.Owners
+	parts  int32
+}
+
+func (s ownersSupply) CellCounts(ctx context.Context, res int, f positions.Filter) (map[geo.Cell]int, []positions.Partition, error) {
+	all := make([]positions.Partition, s.parts)
+	for i := range all {
+		all[i] = positions.Partition(i)
+	}
+	groups, missed := s.owners.Lookup(ctx, all)
+	out := make(map[geo.Cell]int)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := g.Querier.CellCounts(ctx, positions.CellCountsRequest{Partitions: g.Partitions, Res: res, Filter: f})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				s.owners.Stale(g.Owner, g.Partitions)
+				missed = append(missed, g.Partitions...)
+				return
+			}
+			missed = append(missed, r.Missed...)
+			for c, n := range r.Counts {
+				out[c] += n
+			}
+		}()
+	}
+	wg.Wait()
+	return out, missed, nil
+}
