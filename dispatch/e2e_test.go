@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -386,5 +387,92 @@ func TestSweepEndsOrphanedSearches(t *testing.T) {
 	}
 	if n := e.disp.Sweep(ctx); n != 0 {
 		t.Fatalf("second sweep ended %d", n)
+	}
+}
+
+// TestOfferTimeoutMovesOnAndCancelFreesTheDriver: an unanswered offer
+// expires and the next driver gets it; a rider's cancel while offered tells
+// the driver and frees them for the next ride.
+func TestOfferTimeoutMovesOnAndCancelFreesTheDriver(t *testing.T) {
+	e := newEngine(t, time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pickup := geo.LatLng{Lat: 40.7580, Lng: -73.9855}
+	frames := map[string]chan map[string]any{}
+	dial := func(id string, lat float64) {
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+"/v1/drivers/ws",
+			&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + e.tok(t, id, dispatch.RoleDriver)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseNow() })
+		ch := make(chan map[string]any, 16)
+		frames[id] = ch
+		go func() {
+			defer close(ch)
+			for {
+				_, b, err := c.Read(ctx)
+				if err != nil {
+					return
+				}
+				var m map[string]any
+				json.Unmarshal(b, &m)
+				ch <- m
+			}
+		}()
+		b, _ := json.Marshal(map[string]any{"type": "position", "lat": lat, "lng": pickup.Lng, "status": "available", "seq": 1})
+		if err := c.Write(ctx, websocket.MessageText, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dial("silent", pickup.Lat+200/111195.0)
+	dial("second", pickup.Lat-900/111195.0)
+	next := func(id, typ string) map[string]any {
+		t.Helper()
+		for m := range frames[id] {
+			if m["type"] == typ {
+				return m
+			}
+		}
+		t.Fatalf("%s: no %s frame", id, typ)
+		return nil
+	}
+	rider := e.tok(t, "u1", dispatch.RoleRider)
+	body := `{"pickup":{"lat":40.7580,"lng":-73.9855},"dropoff":{"lat":40.7,"lng":-74.0}}`
+	// Positions reach the worker through Kafka; the search retries until
+	// it sees them.
+	code, ride, raw := e.do(t, "POST", "/v1/rides", rider, body)
+	if code != http.StatusCreated {
+		t.Fatalf("%d %s", code, raw)
+	}
+	if m := next("silent", "offer"); m["ride"] != string(ride.ID) {
+		t.Fatalf("first offer %v", m)
+	}
+	// silent never answers: after the 1 s offer timeout, second is offered.
+	if m := next("silent", "offer_expired"); m["ride"] != string(ride.ID) {
+		t.Fatalf("expiry %v", m)
+	}
+	if m := next("second", "offer"); m["ride"] != string(ride.ID) {
+		t.Fatalf("second offer %v", m)
+	}
+	// The rider cancels while second's offer is out.
+	if code, v, raw := e.do(t, "DELETE", "/v1/rides/"+string(ride.ID), rider, ""); code != 200 || v.State != dispatch.CancelledByRider {
+		t.Fatalf("cancel: %d %s", code, raw)
+	}
+	if m := next("second", "offer_cancelled"); m["ride"] != string(ride.ID) {
+		t.Fatalf("cancel notice %v", m)
+	}
+	got := e.waitState(t, ride.ID, dispatch.CancelledByRider)
+	if got.Offers != 2 || got.Declines != 1 {
+		t.Fatalf("ride %+v", got)
+	}
+	// second is free again: a new ride nearer to second is offered to it.
+	code, r2, raw := e.do(t, "POST", "/v1/rides", e.tok(t, "u2", dispatch.RoleRider),
+		`{"pickup":{"lat":`+strconv.FormatFloat(pickup.Lat-900/111195.0, 'f', 6, 64)+`,"lng":-73.9855},"dropoff":{"lat":40.7,"lng":-74.0}}`)
+	if code != http.StatusCreated {
+		t.Fatalf("%d %s", code, raw)
+	}
+	if m := next("second", "offer"); m["ride"] != string(r2.ID) {
+		t.Fatalf("second's next offer %v", m)
 	}
 }
