@@ -16,32 +16,17 @@ import (
 var benchSizes = []int{10_000, 100_000, 1_000_000}
 
 // benchFleet is n drivers in the benchmark city, 80% of them available.
-type benchFleet struct {
-	ids      []positions.DriverID
-	pos      []geo.LatLng
-	statuses []positions.Status
-}
+type benchFleet struct{ sim.Fleet }
 
 func newBenchFleet(n int, seed uint64) benchFleet {
-	rng := rand.New(rand.NewPCG(seed, 7))
-	city := sim.SanFrancisco()
-	f := benchFleet{ids: make([]positions.DriverID, n), pos: make([]geo.LatLng, n), statuses: make([]positions.Status, n)}
-	for i := range n {
-		f.ids[i] = positions.DriverID("d" + strconv.Itoa(i))
-		f.pos[i] = city.Point(rng)
-		f.statuses[i] = positions.StatusAvailable
-		if rng.IntN(5) == 0 {
-			f.statuses[i] = positions.StatusOnTrip
-		}
-	}
-	return f
+	return benchFleet{sim.NewFleet(sim.SanFrancisco(), n, seed)}
 }
 
 func (f benchFleet) index(tb testing.TB) (*positions.Index, *fakeClock) {
 	tb.Helper()
 	x, clk := newTestIndex(tb, time.Hour)
-	for i := range f.ids {
-		if _, err := x.Upsert(f.ids[i], f.pos[i], f.statuses[i], 1, clk.Now()); err != nil {
+	for i := range f.IDs {
+		if _, err := x.Upsert(f.IDs[i], f.Pos[i], f.Statuses[i], 1, clk.Now()); err != nil {
 			tb.Fatal(err)
 		}
 	}
@@ -69,13 +54,13 @@ func BenchmarkUpsert(b *testing.B) {
 			for i := range b.N {
 				j := i & (m - 1)
 				d := who[j]
-				p := f.pos[d]
+				p := f.Pos[d]
 				p.Lat += step[j].Lat
 				p.Lng += step[j].Lng
 				if i&(m-1) == 0 {
 					seq++
 				}
-				if _, err := x.Upsert(f.ids[d], p, f.statuses[d], seq, now); err != nil {
+				if _, err := x.Upsert(f.IDs[d], p, f.Statuses[d], seq, now); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -25,8 +25,8 @@ func BenchmarkCellSize(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				for i := range f.ids {
-					x.Upsert(f.ids[i], f.pos[i], f.statuses[i], 1, time.Time{})
+				for i := range f.IDs {
+					x.Upsert(f.IDs[i], f.Pos[i], f.Statuses[i], 1, time.Time{})
 				}
 				rng := rand.New(rand.NewPCG(4, 5))
 				city := sim.SanFrancisco()

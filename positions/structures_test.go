@@ -169,7 +169,7 @@ func BenchmarkStructures(b *testing.B) {
 		}{
 			{"grid", func() spatial {
 				x, _ := newTestIndex(b, time.Hour)
-				return &gridIndex{x: x, ids: f.ids}
+				return &gridIndex{x: x, ids: f.IDs}
 			}},
 			{"rtree", func() spatial { return &rtreeIndex{pos: make([]geo.LatLng, n)} }},
 			{"h3", func() spatial {
@@ -178,13 +178,13 @@ func BenchmarkStructures(b *testing.B) {
 		}
 		for _, bl := range builders {
 			s := bl.make()
-			for i := range f.pos {
-				s.upsert(int32(i), f.pos[i])
+			for i := range f.Pos {
+				s.upsert(int32(i), f.Pos[i])
 			}
 			b.Run(fmt.Sprintf("%s/upsert/drivers=%d", bl.name, n), func(b *testing.B) {
 				for i := range b.N {
 					d := moves[i&(len(moves)-1)]
-					p := f.pos[d]
+					p := f.Pos[d]
 					p.Lat += float64(i&7-4) * 5e-5
 					s.upsert(d, p)
 				}

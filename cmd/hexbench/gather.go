@@ -84,12 +84,12 @@ func runGather(ctx context.Context, env Env, rpc bool) ([]Result, error) {
 	}
 	f := newFleet(env.Drivers, env.Seed)
 	now := time.Now()
-	for i := range f.ids {
-		p, _, err := pt.ForPos(f.pos[i])
+	for i := range f.IDs {
+		p, _, err := pt.ForPos(f.Pos[i])
 		if err != nil {
 			return nil, err
 		}
-		if _, err := shards[int(p)%nShards].indexes[p].Upsert(f.ids[i], f.pos[i], f.statuses[i], 1, now); err != nil {
+		if _, err := shards[int(p)%nShards].indexes[p].Upsert(f.IDs[i], f.Pos[i], f.Statuses[i], 1, now); err != nil {
 			return nil, err
 		}
 	}

@@ -22,26 +22,10 @@ func init() {
 	register(Workload{Name: "index-memory", Sized: true, Run: runIndexMemory, RedisPeer: redisIndexMemory})
 }
 
-type fleet struct {
-	ids      []positions.DriverID
-	pos      []geo.LatLng
-	statuses []positions.Status
-}
+// fleet is the benchmark city's drivers.
+type fleet = sim.Fleet
 
-func newFleet(n int, seed uint64) fleet {
-	rng := rand.New(rand.NewPCG(seed, 7))
-	city := sim.SanFrancisco()
-	f := fleet{ids: make([]positions.DriverID, n), pos: make([]geo.LatLng, n), statuses: make([]positions.Status, n)}
-	for i := range n {
-		f.ids[i] = positions.DriverID("d" + strconv.Itoa(i))
-		f.pos[i] = city.Point(rng)
-		f.statuses[i] = positions.StatusAvailable
-		if rng.IntN(5) == 0 {
-			f.statuses[i] = positions.StatusOnTrip
-		}
-	}
-	return f
-}
+func newFleet(n int, seed uint64) fleet { return sim.NewFleet(sim.SanFrancisco(), n, seed) }
 
 // benchIndex holds every driver of f with a TTL no run outlives.
 func benchIndex(f fleet) (*positions.Index, error) {
@@ -52,8 +36,8 @@ func benchIndex(f fleet) (*positions.Index, error) {
 		return nil, err
 	}
 	now := time.Now()
-	for i := range f.ids {
-		if _, err := x.Upsert(f.ids[i], f.pos[i], f.statuses[i], 1, now); err != nil {
+	for i := range f.IDs {
+		if _, err := x.Upsert(f.IDs[i], f.Pos[i], f.Statuses[i], 1, now); err != nil {
 			return nil, err
 		}
 	}
@@ -82,12 +66,12 @@ func runIndexUpsert(ctx context.Context, env Env) ([]Result, error) {
 	ops, elapsed, err := t.Loop(ctx, env.Duration, func(i int) error {
 		j := i & (m - 1)
 		d := who[j]
-		p := f.pos[d]
+		p := f.Pos[d]
 		p.Lat += step[j].Lat
 		p.Lng += step[j].Lng
-		f.pos[d] = p
+		f.Pos[d] = p
 		seqs[d]++
-		_, err := x.Upsert(f.ids[d], p, f.statuses[d], seqs[d]+1, now)
+		_, err := x.Upsert(f.IDs[d], p, f.Statuses[d], seqs[d]+1, now)
 		return err
 	})
 	if err != nil {

@@ -44,11 +44,11 @@ func redisIndexUpsert(ctx context.Context, env Env, p *redisPeer) ([]Result, err
 		for j := range redisUpsertBatch {
 			k := (b*redisUpsertBatch + j) & (m - 1)
 			d := who[k]
-			pos := f.pos[d]
+			pos := f.Pos[d]
 			pos.Lat += step[k].Lat
 			pos.Lng += step[k].Lng
-			f.pos[d] = pos
-			pipe.GeoAdd(ctx, geoKey, &redis.GeoLocation{Name: string(f.ids[d]), Longitude: pos.Lng, Latitude: pos.Lat})
+			f.Pos[d] = pos
+			pipe.GeoAdd(ctx, geoKey, &redis.GeoLocation{Name: string(f.IDs[d]), Longitude: pos.Lng, Latitude: pos.Lat})
 		}
 		_, err := pipe.Exec(ctx)
 		return err

@@ -125,15 +125,15 @@ type mover struct {
 
 func (m *mover) publish(p *positions.Publisher) error {
 	i := m.next
-	m.next = (m.next + 1) % len(m.f.ids)
-	pos := m.f.pos[i]
+	m.next = (m.next + 1) % len(m.f.IDs)
+	pos := m.f.Pos[i]
 	pos.Lat += (m.rng.Float64() - 0.5) * 2e-4
 	pos.Lng += (m.rng.Float64() - 0.5) * 2e-4
 	if pos.Validate() == nil {
-		m.f.pos[i] = pos
+		m.f.Pos[i] = pos
 	}
 	m.seq[i]++
-	err := p.Publish(positions.Event{Driver: m.f.ids[i], Pos: m.f.pos[i], Status: m.f.statuses[i], Seq: m.seq[i], Heading: positions.NoHeading})
+	err := p.Publish(positions.Event{Driver: m.f.IDs[i], Pos: m.f.Pos[i], Status: m.f.Statuses[i], Seq: m.seq[i], Heading: positions.NoHeading})
 	if errors.Is(err, positions.ErrOverloaded) {
 		m.shed++
 		return nil
@@ -291,10 +291,10 @@ func runPipelineRebuild(ctx context.Context, env Env) ([]Result, error) {
 	rng := rand.New(rand.NewPCG(env.Seed, 22))
 	for k := range pings {
 		at := now.Add(-ttl + time.Duration(k+1)*ttl/(pings+1))
-		for i := range f.ids {
-			pos := f.pos[i]
+		for i := range f.IDs {
+			pos := f.Pos[i]
 			pos.Lat += (rng.Float64() - 0.5) * 2e-4
-			ev := positions.Event{Driver: f.ids[i], Pos: geo.LatLng{Lat: pos.Lat, Lng: pos.Lng}, Status: f.statuses[i],
+			ev := positions.Event{Driver: f.IDs[i], Pos: geo.LatLng{Lat: pos.Lat, Lng: pos.Lng}, Status: f.Statuses[i],
 				Seq: uint64(k + 1), Heading: positions.NoHeading, ReceiveTime: at}
 			for {
 				err := p.pub.Publish(ev)

@@ -115,11 +115,11 @@ func loadGeo(ctx context.Context, c *redis.Client, f fleet) (int, error) {
 	const batch = 1000
 	n := 0
 	pipe := c.Pipeline()
-	for i := range f.ids {
-		if f.statuses[i] != statusAvailable {
+	for i := range f.IDs {
+		if f.Statuses[i] != statusAvailable {
 			continue
 		}
-		pipe.GeoAdd(ctx, geoKey, &redis.GeoLocation{Name: string(f.ids[i]), Longitude: f.pos[i].Lng, Latitude: f.pos[i].Lat})
+		pipe.GeoAdd(ctx, geoKey, &redis.GeoLocation{Name: string(f.IDs[i]), Longitude: f.Pos[i].Lng, Latitude: f.Pos[i].Lat})
 		n++
 		if n%batch == 0 {
 			if _, err := pipe.Exec(ctx); err != nil {
