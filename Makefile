@@ -36,3 +36,6 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDriverLocation$$' -fuzztime $(FUZZTIME) ./dispatch
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./positions
 	$(GO) test -run '^$$' -fuzz '^FuzzAssign$$' -fuzztime $(FUZZTIME) ./matcher
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeNearestRequest$$' -fuzztime $(FUZZTIME) ./matcher
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeNearestResponse$$' -fuzztime $(FUZZTIME) ./matcher
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCellCounts$$' -fuzztime $(FUZZTIME) ./matcher
