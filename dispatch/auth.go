@@ -140,6 +140,16 @@ func ClaimsFrom(ctx context.Context) (Claims, bool) {
 	return c, ok
 }
 
+// wsToken returns the bearer token of a WebSocket upgrade: the
+// Authorization header, or the access_token query parameter for browsers,
+// which cannot set headers on a WebSocket.
+func wsToken(r *http.Request) string {
+	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return tok
+	}
+	return r.URL.Query().Get("access_token")
+}
+
 // RequireRole admits requests carrying "Authorization: Bearer <token>" with
 // a valid token of one of roles, and answers 401 (no or bad token) or 403
 // (wrong role) with a JSON error otherwise.

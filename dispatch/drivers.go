@@ -383,11 +383,7 @@ type wsFrame struct {
 // header or, for browsers that cannot set it, the access_token query
 // parameter.
 func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
-	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if tok == "" {
-		tok = r.URL.Query().Get("access_token")
-	}
-	c, err := d.cfg.Signer.Verify(tok, d.cfg.Now())
+	c, err := d.cfg.Signer.Verify(wsToken(r), d.cfg.Now())
 	if err != nil {
 		WriteError(w, &APIError{Status: http.StatusUnauthorized, Code: "invalid_token", Message: err.Error()})
 		return

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -26,11 +25,7 @@ type DriverLocator interface {
 // It reads the ride store every WatchEvery, so it works whichever api
 // process applied the change.
 func (h *Rides) watch(w http.ResponseWriter, r *http.Request) {
-	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if tok == "" {
-		tok = r.URL.Query().Get("access_token")
-	}
-	c, err := h.cfg.Signer.Verify(tok, h.cfg.Now())
+	c, err := h.cfg.Signer.Verify(wsToken(r), h.cfg.Now())
 	if err != nil {
 		WriteError(w, &APIError{Status: http.StatusUnauthorized, Code: "invalid_token", Message: err.Error()})
 		return
