@@ -158,30 +158,39 @@ func (d *Dispatcher) Close() {
 
 // Start begins the search for ride r (state requested).
 func (d *Dispatcher) Start(r Ride) error {
+	ctx, cancel := context.WithTimeout(d.base, d.cfg.SearchDeadline)
+	s := &search{cancel: cancel, answers: make(chan answer, 1)}
 	d.searchesMu.Lock()
-	defer d.searchesMu.Unlock()
-	if d.base.Err() != nil {
+	_, dup := d.searches[r.ID]
+	switch {
+	case d.base.Err() != nil || (!dup && len(d.searches) >= d.cfg.MaxActive):
+		d.searchesMu.Unlock()
+		cancel()
 		return ErrBusy
-	}
-	if _, ok := d.searches[r.ID]; ok {
+	case dup:
+		d.searchesMu.Unlock()
+		cancel()
 		return nil // already searching (an idempotent retry)
 	}
-	if len(d.searches) >= d.cfg.MaxActive {
-		return ErrBusy
-	}
+	d.searches[r.ID] = s // holds the place: a concurrent Start of r returns nil
+	d.wg.Add(1)
+	d.searchesMu.Unlock()
+
 	// The sweep of any process ends this ride if this process dies before
-	// the search does: the deadline plus an offer's grace.
+	// the search does: the deadline plus an offer's grace. Redis is called
+	// outside the lock, so a slow Redis delays only this request.
 	tctx, tcancel := context.WithTimeout(d.base, 2*time.Second)
 	err := d.cfg.Store.TrackSearch(tctx, r.ID, d.cfg.Now().Add(d.cfg.SearchDeadline+d.cfg.OfferTimeout))
 	tcancel()
 	if err != nil {
+		d.searchesMu.Lock()
+		delete(d.searches, r.ID)
+		d.searchesMu.Unlock()
+		cancel()
+		d.wg.Done()
 		return err
 	}
-	ctx, cancel := context.WithTimeout(d.base, d.cfg.SearchDeadline)
-	s := &search{cancel: cancel, answers: make(chan answer, 1)}
-	d.searches[r.ID] = s
 	d.searched.Add(1)
-	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
 		defer cancel()
