@@ -152,7 +152,9 @@ func (d *Dispatcher) Stats() DispatcherStats {
 // Close stops every search and waits for them. Rides left searching or
 // offered stay so in the store; their leases expire on their own.
 func (d *Dispatcher) Close() {
+	d.searchesMu.Lock() // Start checks base and adds to wg under this lock
 	d.cancel()
+	d.searchesMu.Unlock()
 	d.wg.Wait()
 }
 
@@ -199,9 +201,7 @@ func (d *Dispatcher) Start(r Ride) error {
 		delete(d.searches, r.ID)
 		d.searchesMu.Unlock()
 		if d.base.Err() == nil { // at shutdown the sweep of a survivor ends it
-			uctx, ucancel := context.WithTimeout(context.Background(), 2*time.Second)
-			d.cfg.Store.UntrackSearch(uctx, r.ID)
-			ucancel()
+			d.settle(r.ID)
 		}
 	}()
 	return nil
@@ -231,6 +231,18 @@ func (d *Dispatcher) Stop(id RideID) {
 	d.searchesMu.Unlock()
 	if ok {
 		s.cancel()
+	}
+}
+
+// settle stops tracking ride id's search if the ride is past it (accepted
+// or further, or ended); a ride a failed write left searching or offered
+// stays tracked for the sweep to end.
+func (d *Dispatcher) settle(id RideID) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r, err := d.cfg.Store.Get(ctx, id)
+	if (err == nil && (r.State.Terminal() || r.State >= Accepted)) || errors.Is(err, ErrRideNotFound) {
+		d.cfg.Store.UntrackSearch(ctx, id)
 	}
 }
 
@@ -274,25 +286,30 @@ func (d *Dispatcher) Sweep(ctx context.Context) int {
 			continue
 		}
 		r, err := d.cfg.Store.Get(ctx, id)
+		if err != nil && !errors.Is(err, ErrRideNotFound) {
+			continue // Redis trouble: try again next pass
+		}
 		if err == nil {
+			var werr error
 			switch r.State {
 			case Offered:
-				if _, err := d.apply(ctx, id, Event{Kind: EvOfferTimeout, Driver: r.Driver}); err == nil {
-					r.State = Searching
+				if _, werr = d.apply(ctx, id, Event{Kind: EvOfferTimeout, Driver: r.Driver}); werr != nil {
+					break
 				}
 				fallthrough
 			case Searching:
-				if _, err := d.apply(ctx, id, Event{Kind: EvNoDriver}); err == nil {
+				if _, werr = d.apply(ctx, id, Event{Kind: EvNoDriver}); werr == nil {
 					d.noDriver.Add(1)
 					ended++
 				}
 			case Requested:
-				if _, err := d.apply(ctx, id, Event{Kind: EvExpire}); err == nil {
+				if _, werr = d.apply(ctx, id, Event{Kind: EvExpire}); werr == nil {
 					ended++
 				}
 			}
-		} else if !errors.Is(err, ErrRideNotFound) {
-			continue // Redis trouble: try again next pass
+			if werr != nil {
+				continue // keep it tracked: the next pass tries again
+			}
 		}
 		d.cfg.Store.UntrackSearch(ctx, id)
 	}
@@ -339,6 +356,11 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 		o := Offer{Driver: m.Driver.ID, Token: m.Token, ETA: m.ETA, DistanceM: m.Driver.DistanceM}
 		switch {
 		case ctx.Err() != nil:
+			if err == nil { // reserved just as the search ended: let the driver go
+				fctx, cancel := finalCtx()
+				d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
+				cancel()
+			}
 			d.end(r.ID, log)
 			return
 		case errors.Is(err, matcher.ErrNoDriver):
@@ -378,8 +400,17 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 			d.matchLatency.Observe(time.Since(started))
 		}
 		expires := d.cfg.Now().Add(d.cfg.OfferTimeout)
-		d.cfg.Notifier.Send(o.Driver, OfferMessage{Type: "offer", Ride: r.ID, Pickup: r.Pickup, Dropoff: r.Dropoff,
-			ETA: o.ETA.Seconds(), DistanceM: o.DistanceM, ExpiresAt: expires})
+		if !d.cfg.Notifier.Send(o.Driver, OfferMessage{Type: "offer", Ride: r.ID, Pickup: r.Pickup, Dropoff: r.Dropoff,
+			ETA: o.ETA.Seconds(), DistanceM: o.DistanceM, ExpiresAt: expires}) {
+			// The driver cannot see the offer (no WebSocket here, or its
+			// queue is full): do not make the rider wait the timeout.
+			d.timedOut.Add(1)
+			fctx, cancel := finalCtx()
+			d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
+			d.apply(fctx, r.ID, Event{Kind: EvOfferTimeout, Driver: o.Driver})
+			cancel()
+			continue
+		}
 		accepted, done := d.await(ctx, r, s, o, log)
 		if accepted || done {
 			return
@@ -440,7 +471,17 @@ func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, o Offer, log 
 				release(EvOfferTimeout)
 				return false, false
 			}
-			if _, err := d.apply(ctx, r.ID, Event{Kind: EvAccept, Driver: o.Driver, Token: int64(o.Token)}); err != nil {
+			actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_, err := d.apply(actx, r.ID, Event{Kind: EvAccept, Driver: o.Driver, Token: int64(o.Token)})
+			if err != nil {
+				// An error can hide a write that landed (its reply lost):
+				// keep the trip lock if the ride says it is this driver's.
+				if cur, gerr := d.cfg.Store.Get(actx, r.ID); gerr == nil && cur.State >= Accepted && cur.State <= Completed && cur.Driver == o.Driver {
+					err = nil
+				}
+			}
+			acancel()
+			if err != nil {
 				d.errs.Add(1)
 				release(0)
 				log.Warn("recording accept failed", "err", err)

@@ -150,7 +150,11 @@ func (r *Relay) sweep(ctx context.Context) {
 				continue
 			}
 			if err := r.Drain(ctx, RideID(key[i+1:j])); err != nil {
-				return err
+				// One outbox that keeps failing must not stall the rest.
+				r.cfg.Logger.Warn("ride events: drain failed; retried next sweep", "ride", key[i+1:j], "err", err)
+				if ctx.Err() != nil {
+					return err
+				}
 			}
 		}
 		return it.Err()

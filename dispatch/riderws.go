@@ -30,7 +30,17 @@ func (h *Rides) watch(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, &APIError{Status: http.StatusUnauthorized, Code: "invalid_token", Message: err.Error()})
 		return
 	}
+	if h.cfg.Limiter != nil {
+		if ok, wait := h.cfg.Limiter.Allow(string(c.Role) + ":" + c.Subject); !ok {
+			WriteError(w, &APIError{Status: http.StatusTooManyRequests, Code: "rate_limited", Message: "too many requests", RetryAfter: wait})
+			return
+		}
+	}
 	id := RideID(r.PathValue("id"))
+	if id == "" || len(id) > 64 {
+		WriteError(w, BadField("id", "ride id must be 1 to 64 bytes"))
+		return
+	}
 	ride, err := h.cfg.Store.Get(r.Context(), id)
 	if err != nil {
 		WriteError(w, storeError(err))
@@ -47,6 +57,9 @@ func (h *Rides) watch(w http.ResponseWriter, r *http.Request) {
 	defer conn.CloseNow()
 	conn.SetReadLimit(512)
 	ctx := conn.CloseRead(r.Context()) // riders send nothing; a close or error ends ctx
+	// The socket lives no longer than the token that opened it.
+	ctx, stopAtExpiry := context.WithDeadline(ctx, c.Expires)
+	defer stopAtExpiry()
 	if h.cfg.Closing != nil {
 		var stop context.CancelFunc
 		ctx, stop = context.WithCancel(ctx)

@@ -58,7 +58,7 @@ func (h *Rides) Routes(mux Mux) {
 	mux.Handle("POST /v1/rides", auth(h.request, RoleRider))
 	mux.Handle("GET /v1/rides/{id}", auth(h.get, RoleRider, RoleDriver, RoleOps))
 	mux.Handle("DELETE /v1/rides/{id}", auth(h.cancel, RoleRider))
-	mux.Handle("GET /v1/rides/{id}/ws", http.HandlerFunc(h.watch))
+	mux.Handle("GET /v1/rides/{id}/ws", http.HandlerFunc(h.watch)) // authenticates itself: browsers pass the token as a query parameter
 	for path, kind := range map[string]EventKind{
 		"accept": EvAccept, "decline": EvDecline, "arrived": EvArrive, "start": EvStart,
 		"complete": EvComplete, "cancel": EvDriverCancel,
@@ -237,20 +237,22 @@ func (h *Rides) cancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.cfg.Dispatcher.Stop(ride.ID)
-	h.ended(r.Context(), ride, ended)
+	h.ended(r.Context(), ended)
 	writeJSON(w, http.StatusOK, view(ended))
 }
 
-// ended lets the driver go when a ride that had one assigned ends.
-func (h *Rides) ended(ctx context.Context, before, after Ride) {
+// ended lets the driver go when a ride that had one assigned ends. It
+// reads the lock from the ride as written (an accept may have landed
+// between a handler's read and its write).
+func (h *Rides) ended(ctx context.Context, after Ride) {
 	if h.cfg.Relay != nil {
 		h.cfg.Relay.Notify(after.ID)
 	}
-	if !after.State.Terminal() || before.LeaseToken == 0 || before.Driver == "" {
+	if !after.State.Terminal() || after.LeaseToken == 0 || after.Driver == "" {
 		return
 	}
-	if err := h.cfg.Leases.Release(ctx, before.Driver, matcher.RideID(before.ID), matcher.Token(before.LeaseToken)); err != nil && !errors.Is(err, matcher.ErrLeaseLost) {
-		h.cfg.Logger.Warn("releasing trip lock failed; it expires on its own", "ride", before.ID, "driver", before.Driver, "err", err)
+	if err := h.cfg.Leases.Release(ctx, after.Driver, matcher.RideID(after.ID), matcher.Token(after.LeaseToken)); err != nil && !errors.Is(err, matcher.ErrLeaseLost) {
+		h.cfg.Logger.Warn("releasing trip lock failed; it expires on its own", "ride", after.ID, "driver", after.Driver, "err", err)
 	}
 }
 
@@ -283,7 +285,7 @@ func (h *Rides) DriverAction(ctx context.Context, driver positions.DriverID, id 
 		if err != nil {
 			return Ride{}, storeError(err)
 		}
-		h.ended(ctx, ride, next)
+		h.ended(ctx, next)
 		return next, nil
 	}
 	return Ride{}, BadField("type", "%s is not a driver action", kind)

@@ -168,7 +168,12 @@ func (s *RideStore) Get(ctx context.Context, id RideID) (Ride, error) {
 var casScript = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return -1 end
-if v ~= ARGV[1] then return 0 end
+if v ~= ARGV[1] then
+  -- A client resend of a write that already landed (its reply was lost)
+  -- finds its own result: success, and the outbox has the event once.
+  if v == ARGV[2] and redis.call('HGET', KEYS[1], 'data') == ARGV[3] then return 1 end
+  return 0
+end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'data', ARGV[3])
 redis.call('RPUSH', KEYS[2], ARGV[5])
 if ARGV[4] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end

@@ -90,11 +90,13 @@ type Batcher struct {
 }
 
 type window struct {
-	reqs []*pending
-	full chan struct{} // closed when MaxRiders is reached
+	reqs  []*pending
+	full  chan struct{} // closed when MaxRiders is reached, or by Close
+	abort bool          // set by Close (under windowsMu): answer ErrClosed, plan nothing
 }
 
 type pending struct {
+	ctx   context.Context // the caller's: a request whose caller left is not planned
 	req   MatchRequest
 	at    time.Time
 	reply chan batchReply // buffered: the flush never blocks on a gone caller
@@ -134,7 +136,7 @@ func (b *Batcher) Match(ctx context.Context, req MatchRequest) (Match, error) {
 	if err != nil {
 		return Match{}, fmt.Errorf("%w: pickup: %w", ErrInvalidQuery, err)
 	}
-	p := &pending{req: req, at: time.Now(), reply: make(chan batchReply, 1)}
+	p := &pending{ctx: ctx, req: req, at: time.Now(), reply: make(chan batchReply, 1)}
 	b.windowsMu.Lock()
 	if b.closed {
 		b.windowsMu.Unlock()
@@ -161,12 +163,15 @@ func (b *Batcher) Match(ctx context.Context, req MatchRequest) (Match, error) {
 	}
 }
 
-// Close plans the open windows at once and waits for them.
+// Close answers every waiting request ErrClosed (reserving a driver for a
+// search that is shutting down would only hold the driver) and waits for
+// the windows' goroutines. Idempotent.
 func (b *Batcher) Close() {
 	b.windowsMu.Lock()
 	b.closed = true
 	for region, w := range b.windows {
 		delete(b.windows, region)
+		w.abort = true
 		close(w.full)
 	}
 	b.windowsMu.Unlock()
@@ -208,6 +213,15 @@ func (b *Batcher) run(region geo.Cell, w *window) {
 		t.Stop()
 	}
 	// Nothing can join w now: it left the map under the lock.
+	b.windowsMu.Lock()
+	abort := w.abort
+	b.windowsMu.Unlock()
+	if abort {
+		for _, p := range w.reqs {
+			p.reply <- batchReply{err: ErrClosed}
+		}
+		return
+	}
 	b.flush(w.reqs)
 }
 
@@ -224,6 +238,10 @@ func (b *Batcher) flush(ps []*pending) {
 	live := make([]*pending, 0, len(ps))
 	partial := make([]GatherResult, 0, len(ps))
 	for _, p := range ps {
+		if err := p.ctx.Err(); err != nil {
+			p.reply <- batchReply{err: err} // the caller left: nobody to offer to
+			continue
+		}
 		gr, err := b.gather.Gather(ctx, p.req.Pickup, b.cfg.Candidates)
 		if err != nil {
 			p.reply <- batchReply{err: err}
@@ -263,6 +281,10 @@ func (b *Batcher) flush(ps []*pending) {
 	}
 	for i, o := range plan.Offers {
 		p, gr := live[i], partial[i]
+		if err := p.ctx.Err(); err != nil {
+			p.reply <- batchReply{err: err}
+			continue
+		}
 		m := Match{Ride: o.Ride, Partial: gr.Partial, Ring: gr.Ring, RadiusM: gr.RadiusM}
 		var err error = ErrNoDriver
 		for k, d := range o.Drivers {

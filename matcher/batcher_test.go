@@ -2,6 +2,7 @@ package matcher_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -166,8 +167,8 @@ func TestBatcherClosesFullWindowsAtOnce(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	b.Close()
-	if err := <-done; err == nil {
-		t.Fatal("r9 matched with every driver taken")
+	if err := <-done; !errors.Is(err, matcher.ErrClosed) {
+		t.Fatalf("r9, waiting at Close: %v, want ErrClosed", err)
 	}
 	if _, err := b.Match(context.Background(), matcher.MatchRequest{Ride: "r10", Pickup: x.r1}); err != matcher.ErrClosed {
 		t.Fatalf("after Close: %v", err)

@@ -39,6 +39,7 @@ type api struct {
 	rides   *dispatch.Rides
 	ops     http.Handler
 	policy  *matcher.Switch
+	batcher *matcher.Batcher
 	store   *dispatch.RideStore
 	dev     bool // tokens use the dev secret: print some at start
 	// closing ends at shutdown, closing the rider WebSockets.
@@ -72,10 +73,11 @@ func tokenSecret(configured string) (secret []byte, dev bool, err error) {
 	return s, true, nil
 }
 
-func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *api, err error) {
-	a = &api{}
+func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (*api, error) {
+	a := &api{}
+	ok := false
 	defer func() {
-		if err != nil {
+		if !ok { // release what was opened before the failure
 			a.close()
 		}
 	}()
@@ -175,8 +177,8 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *a
 	if err != nil {
 		return nil, err
 	}
+	a.batcher = batcher
 	if a.policy, err = matcher.NewSwitch(greedy, batcher, pt, matcher.Policy(cfg.policy)); err != nil {
-		batcher.Close()
 		return nil, err
 	}
 	xc.Finder = a.policy
@@ -196,6 +198,7 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (a *a
 	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: ownersSupply{owners: owners, parts: int32(cfg.partitions)}, Signer: a.signer, Policy: a.policy})
 
 	a.dev = dev
+	ok = true
 	return a, nil
 }
 
@@ -228,10 +231,13 @@ func (a *api) run(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return a.disp.Run(ctx) })
 	g.Go(func() error {
 		<-ctx.Done()
+		// Riders' and drivers' sockets first, then the searches: a search
+		// waiting in a batch window gets ErrClosed, not a driver nobody
+		// would offer to.
 		a.stop()
 		a.drivers.Close()
+		a.batcher.Close()
 		a.disp.Close()
-		a.policy.Batcher().Close()
 		return nil
 	})
 }
@@ -241,6 +247,9 @@ func (a *api) run(ctx context.Context, g *errgroup.Group) {
 func (a *api) close() {
 	if a.stop != nil {
 		a.stop()
+	}
+	if a.batcher != nil {
+		a.batcher.Close()
 	}
 	if a.events != nil {
 		a.events.Close()
