@@ -138,8 +138,9 @@ type DriverStats struct {
 type Drivers struct {
 	cfg DriversConfig
 
-	base   context.Context
-	cancel context.CancelFunc
+	base     context.Context
+	cancel   context.CancelFunc
+	handlers sync.WaitGroup // WebSocket handlers, which the HTTP server's Shutdown does not wait for
 
 	connsMu sync.Mutex
 	conns   map[positions.DriverID]*driverConn
@@ -177,8 +178,13 @@ func NewDrivers(cfg DriversConfig) (*Drivers, error) {
 		last: make(map[positions.DriverID]lastPos)}, nil
 }
 
-// Close ends every WebSocket connection; handlers return soon after.
-func (d *Drivers) Close() { d.cancel() }
+// Close ends every WebSocket connection and waits for their handlers.
+func (d *Drivers) Close() {
+	d.connsMu.Lock() // ws adds to handlers under this lock after checking base
+	d.cancel()
+	d.connsMu.Unlock()
+	d.handlers.Wait()
+}
 
 // Stats returns the counters.
 func (d *Drivers) Stats() DriverStats {
@@ -393,6 +399,15 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := positions.DriverID(c.Subject)
+	d.connsMu.Lock()
+	if d.base.Err() != nil {
+		d.connsMu.Unlock()
+		WriteError(w, &APIError{Status: http.StatusServiceUnavailable, Code: "shutting_down", Message: "server is shutting down", RetryAfter: time.Second})
+		return
+	}
+	d.handlers.Add(1)
+	d.connsMu.Unlock()
+	defer d.handlers.Done()
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: d.cfg.OriginPatterns})
 	if err != nil {
 		return // Accept wrote the error response

@@ -50,6 +50,15 @@ func (h *Rides) watch(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, storeError(ErrRideNotFound))
 		return
 	}
+	h.watchMu.Lock()
+	if h.closed || (h.cfg.Closing != nil && h.cfg.Closing.Err() != nil) {
+		h.watchMu.Unlock()
+		WriteError(w, &APIError{Status: http.StatusServiceUnavailable, Code: "shutting_down", Message: "server is shutting down", RetryAfter: time.Second})
+		return
+	}
+	h.watchers.Add(1)
+	h.watchMu.Unlock()
+	defer h.watchers.Done()
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: h.cfg.OriginPatterns})
 	if err != nil {
 		return

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/geo"
@@ -39,7 +40,24 @@ type RidesConfig struct {
 
 // Rides serves the rider API (request, read, cancel) and the drivers'
 // answers and trip steps.
-type Rides struct{ cfg RidesConfig }
+type Rides struct {
+	cfg RidesConfig
+
+	// watchMu guards closed; a watch joins watchers only while not closed,
+	// so Wait never races an Add.
+	watchMu  sync.Mutex
+	closed   bool
+	watchers sync.WaitGroup // rider WebSocket handlers
+}
+
+// Wait refuses new rider WebSockets and waits for the open ones to end;
+// cancel Closing first so they do.
+func (h *Rides) Wait() {
+	h.watchMu.Lock()
+	h.closed = true
+	h.watchMu.Unlock()
+	h.watchers.Wait()
+}
 
 // NewRides returns the ride endpoints.
 func NewRides(cfg RidesConfig) (*Rides, error) {

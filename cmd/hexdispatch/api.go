@@ -236,6 +236,7 @@ func (a *api) run(ctx context.Context, g *errgroup.Group) {
 		// would offer to.
 		a.stop()
 		a.drivers.Close()
+		a.rides.Wait()
 		a.batcher.Close()
 		a.disp.Close()
 		return nil
