@@ -134,3 +134,17 @@ func TestGatherWorkloads(t *testing.T) {
 		t.Fatalf("%d results, want 2", n)
 	}
 }
+
+func TestWSConnsWorkload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the engine")
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"-workloads", "ws-conns", "-drivers", "200"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var r Result
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil || r.Drivers != 200 || r.BytesPerDriver <= 0 {
+		t.Fatalf("result %q: %v", out.String(), err)
+	}
+}
