@@ -211,14 +211,14 @@ func (d *Drivers) Connected(id positions.DriverID) bool {
 // blocks: it returns false when the driver is not connected here or its
 // queue is full (the message is dropped and counted).
 func (d *Drivers) Send(id positions.DriverID, msg any) bool {
-	b, err := json.Marshal(msg)
-	if err != nil {
-		return false
-	}
 	d.connsMu.Lock()
 	c, ok := d.conns[id]
 	d.connsMu.Unlock()
 	if !ok {
+		return false // not connected here: no need to encode
+	}
+	b, err := json.Marshal(msg)
+	if err != nil {
 		return false
 	}
 	select {

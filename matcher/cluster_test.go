@@ -197,7 +197,13 @@ func (c *cluster) scatter(t testing.TB, rng *rand.Rand, center geo.LatLng, sideM
 // spread of test data depends on it).
 func offset(p geo.LatLng, east, north float64) geo.LatLng {
 	const mPerDeg = geo.EarthRadiusM * math.Pi / 180
-	return geo.LatLng{Lat: p.Lat + north/mPerDeg, Lng: p.Lng + east/(mPerDeg*math.Cos(p.Lat*math.Pi/180))}
+	return geo.LatLng{Lat: p.Lat + north/mPerDeg, Lng: wrapLng(p.Lng + east/(mPerDeg*math.Cos(p.Lat*math.Pi/180)))}
+}
+
+// wrapLng folds a longitude back into [-180, 180): test cities near the
+// antimeridian offset past it.
+func wrapLng(lng float64) float64 {
+	return math.Mod(math.Mod(lng+180, 360)+360, 360) - 180
 }
 
 // onCellEdge returns a point on the boundary of p's search cell.
@@ -214,5 +220,11 @@ func onCellEdge(t testing.TB, rng *rand.Rand, p geo.LatLng) geo.LatLng {
 	i := rng.IntN(len(b))
 	f := rng.Float64()
 	a, z := b[i], b[(i+1)%len(b)]
-	return geo.LatLng{Lat: a.Lat + f*(z.Lat-a.Lat), Lng: a.Lng + f*(z.Lng-a.Lng)}
+	dLng := z.Lng - a.Lng
+	if dLng > 180 { // the edge crosses the antimeridian: go the short way
+		dLng -= 360
+	} else if dLng < -180 {
+		dLng += 360
+	}
+	return geo.LatLng{Lat: a.Lat + f*(z.Lat-a.Lat), Lng: wrapLng(a.Lng + f*dLng)}
 }

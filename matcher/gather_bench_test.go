@@ -12,13 +12,6 @@ import (
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
-// benchGatherer is 100k drivers over a 30 x 30 km city, 12 partitions at
-// shard res 6 over 3 in-process owners, as `-role all` with three worker
-// shards would hold them.
-func benchGatherer(b *testing.B) (*matcher.Gatherer, geo.LatLng) {
-	return benchGathererOver(b, transportInProcess)
-}
-
 type transport int
 
 const (
@@ -27,8 +20,10 @@ const (
 	transportH2C
 )
 
-// benchGathererOver builds the bench city; with rpc the three owners are
-// served over loopback HTTP, as three worker processes would be.
+// benchGathererOver builds the bench city: 100k drivers over 30 x 30 km,
+// 12 partitions at shard res 6 over 3 owners, in-process as `-role all`
+// holds them or, with an RPC transport, served over loopback HTTP as three
+// worker processes would be.
 func benchGathererOver(b *testing.B, tr transport) (*matcher.Gatherer, geo.LatLng) {
 	b.Helper()
 	rng := rand.New(rand.NewPCG(1, 1))

@@ -134,14 +134,10 @@ type rider struct {
 	down    *atomic.Int64
 }
 
-// retry calls f until it returns something other than ErrUnavailable or
-// ctx ends; a Redis restart makes an answer ambiguous, and Commit and
-// Release are idempotent, so asking again gives the truth.
-func retry(ctx context.Context, down *atomic.Int64, f func() error) error {
-	return retried(ctx, down, f, new(bool))
-}
-
-// retried is retry reporting in *again whether a second try was needed.
+// retried calls f until it returns something other than ErrUnavailable
+// or ctx ends, reporting in *again whether a second try was needed; a
+// Redis restart makes an answer ambiguous, and Commit and Release are
+// idempotent, so asking again gives the truth.
 func retried(ctx context.Context, down *atomic.Int64, f func() error, again *bool) error {
 	for {
 		err := f()

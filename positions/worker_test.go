@@ -193,7 +193,7 @@ func TestWorkerOrderingIdempotent(t *testing.T) {
 		h.part = part
 		n := 1 + rng.IntN(8)
 		for s := 1; s <= n; s++ {
-			pos := start
+			var pos geo.LatLng
 			for {
 				pos = geo.LatLng{Lat: start.Lat + (rng.Float64()-0.5)*0.01, Lng: start.Lng + (rng.Float64()-0.5)*0.01}
 				if _, sh, _ := pt.ForPos(pos); sh == shard {
@@ -285,9 +285,8 @@ func TestWorkerRebuildWithinTTL(t *testing.T) {
 	// 400 drivers; each pings at a few random times in [now-2ttl, now],
 	// published in time order so the topic's timestamps increase.
 	type ping struct {
-		at  time.Time
-		ev  positions.Event
-		idx int
+		at time.Time
+		ev positions.Event
 	}
 	var pings []ping
 	for i := range 400 {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -70,7 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if !contains(roles, c.role) {
+	if !slices.Contains(roles, c.role) {
 		return c, fmt.Errorf("-role %q: want one of %s", c.role, strings.Join(roles, ", "))
 	}
 	if c.partitions < 1 || c.partitions > 1<<16 {
@@ -113,15 +114,6 @@ func applyEnv(fs *flag.FlagSet) error {
 		}
 	})
 	return err
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
