@@ -7,17 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sync/errgroup"
+	"github.com/hexdispatch/hexdispatch/internal/engine"
 )
 
 // config is what the flags (and their HEXD_* environment overrides) set.
@@ -40,14 +35,12 @@ type config struct {
 	batchWindow     time.Duration
 }
 
-var roles = []string{"all", "api", "worker"}
-
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("hexdispatch", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "HTTP listen address (API, /livez, /readyz, /metrics)")
-	fs.StringVar(&c.role, "role", "all", "process role: "+strings.Join(roles, " | "))
+	fs.StringVar(&c.role, "role", "all", "process role: "+strings.Join(engine.Roles, " | "))
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug | info | warn | error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format on stderr: json | text")
@@ -71,8 +64,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if !slices.Contains(roles, c.role) {
-		return c, fmt.Errorf("-role %q: want one of %s", c.role, strings.Join(roles, ", "))
+	if !slices.Contains(engine.Roles, c.role) {
+		return c, fmt.Errorf("-role %q: want one of %s", c.role, strings.Join(engine.Roles, ", "))
 	}
 	if c.partitions < 1 || c.partitions > 1<<16 {
 		return c, fmt.Errorf("-partitions %d: want 1..65536", c.partitions)
@@ -148,82 +141,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	in, err := newIngest(ctx, cfg, log)
+	e, err := engine.New(ctx, cfg.engineConfig(), log)
 	if err != nil {
 		return err
 	}
-	defer in.close()
-	in.register(reg)
+	fmt.Fprintf(stdout, "hexdispatch role=%s listening on http://%s\n", cfg.role, e.Addr())
+	if e.DevTokens() {
+		e.PrintDevTokens(stdout)
+	}
+	return e.Run(ctx)
+}
 
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		io.WriteString(w, "ok\n")
-	})
-	mux.HandleFunc("GET /readyz", in.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+// engineConfig maps the flags onto the engine's configuration.
+func (c config) engineConfig() engine.Config {
+	ec := engine.DefaultConfig()
+	ec.Addr, ec.Role, ec.ShutdownTimeout = c.addr, c.role, c.shutdownTimeout
+	ec.Kafka = splitList(c.kafka)
+	ec.Partitions, ec.TTL, ec.SessionTimeout = c.partitions, c.ttl, c.sessionTimeout
+	ec.Redis, ec.TokenSecret, ec.OfferTimeout = c.redis, c.tokenSecret, c.offerTimeout
+	ec.AllowedOrigins = splitList(c.allowedOrigins)
+	ec.RPCAddr, ec.Policy, ec.BatchWindow = c.rpcAddr, c.policy, c.batchWindow
+	return ec
+}
 
-	var own *ownership
-	if cfg.role == "worker" && cfg.redis != "" {
-		if own, err = newOwnership(cfg, log, in.worker); err != nil {
-			return err
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
 		}
-		defer own.close()
-	} else if cfg.role == "worker" {
-		log.Warn("no -redis: this worker does not publish its partitions, so api processes cannot query it")
 	}
-	var front *api
-	if cfg.role == "all" || cfg.role == "api" {
-		if front, err = newAPI(ctx, cfg, log, in); err != nil {
-			return err
-		}
-		defer front.close()
-		front.register(reg)
-		front.routes(mux)
-	}
-
-	ln, err := net.Listen("tcp", cfg.addr)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", cfg.addr, err)
-	}
-	srv := &http.Server{
-		Handler:           instrument(mux, reg),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	fmt.Fprintf(stdout, "hexdispatch role=%s listening on http://%s\n", cfg.role, ln.Addr())
-	if front != nil && front.dev {
-		front.printDevTokens(stdout)
-	}
-	log.Info("started", "role", cfg.role, "addr", ln.Addr().String())
-
-	g, gctx := errgroup.WithContext(ctx)
-	in.run(gctx, g)
-	if own != nil {
-		own.run(gctx, g)
-	}
-	if front != nil {
-		front.run(gctx, g)
-	}
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("http server: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
-		defer cancel()
-		log.Info("shutting down")
-		return srv.Shutdown(sctx)
-	})
-	return g.Wait()
+	return out
 }

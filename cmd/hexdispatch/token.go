@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/dispatch"
+	"github.com/hexdispatch/hexdispatch/internal/engine"
 )
 
 // runToken implements `hexdispatch token`: it mints a bearer token with the
@@ -29,7 +30,7 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	if *ttl <= 0 || *ttl > 366*24*time.Hour {
 		return fmt.Errorf("token: -ttl %v must be in (0, 366 days]", *ttl)
 	}
-	s, _, err := tokenSecret(*secret)
+	s, _, err := engine.TokenSecret(*secret)
 	if err != nil {
 		return err
 	}

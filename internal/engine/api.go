@@ -1,4 +1,4 @@
-package main
+package engine
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -52,9 +51,9 @@ type api struct {
 // restarts on this machine.
 func devSecretFile() string { return filepath.Join(os.TempDir(), "hexdispatch-dev-token-secret") }
 
-// tokenSecret returns the configured secret or the dev one (created on
+// TokenSecret returns the configured secret or the dev one (created on
 // first use, mode 0600).
-func tokenSecret(configured string) (secret []byte, dev bool, err error) {
+func TokenSecret(configured string) (secret []byte, dev bool, err error) {
 	if configured != "" {
 		return []byte(configured), false, nil
 	}
@@ -73,7 +72,7 @@ func tokenSecret(configured string) (secret []byte, dev bool, err error) {
 	return s, true, nil
 }
 
-func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (*api, error) {
+func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest) (*api, error) {
 	a := &api{}
 	ok := false
 	defer func() {
@@ -82,7 +81,7 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (*api
 		}
 	}()
 	quietLog := log.With("component", "api")
-	if cfg.redis == "" {
+	if cfg.Redis == "" {
 		m := miniredis.NewMiniRedis()
 		if err := m.StartAddr("127.0.0.1:0"); err != nil {
 			return nil, fmt.Errorf("in-process redis: %w", err)
@@ -91,10 +90,10 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (*api
 		a.rdb = redis.NewClient(matcher.FailFastOptions(m.Addr()))
 		log.Info("in-process redis (miniredis) started", "addr", m.Addr())
 	} else {
-		a.rdb = redis.NewClient(matcher.FailFastOptions(cfg.redis))
+		a.rdb = redis.NewClient(matcher.FailFastOptions(cfg.Redis))
 	}
 
-	secret, dev, err := tokenSecret(cfg.tokenSecret)
+	secret, dev, err := TokenSecret(cfg.TokenSecret)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +116,7 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (*api
 		return nil, fmt.Errorf("kafka client for ride events: %w", err)
 	}
 	tctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err = positions.EnsureTopic(tctx, a.events, dispatch.DefaultRideEventsTopic, int32(cfg.partitions))
+	err = positions.EnsureTopic(tctx, a.events, dispatch.DefaultRideEventsTopic, int32(cfg.Partitions))
 	cancel()
 	if err != nil {
 		return nil, err
@@ -135,9 +134,7 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (*api
 	dc.Actions = func(ctx context.Context, d positions.DriverID, r dispatch.RideID, k dispatch.EventKind) (dispatch.Ride, error) {
 		return a.rides.DriverAction(ctx, d, r, k)
 	}
-	if cfg.allowedOrigins != "" {
-		dc.OriginPatterns = strings.Split(cfg.allowedOrigins, ",")
-	}
+	dc.OriginPatterns = cfg.AllowedOrigins
 	if a.drivers, err = dispatch.NewDrivers(dc); err != nil {
 		return nil, err
 	}
@@ -155,7 +152,7 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (*api
 			return nil, err
 		}
 	}
-	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: int32(cfg.partitions)}
+	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: int32(cfg.Partitions)}
 	gc := matcher.DefaultGatherConfig()
 	gc.Partitioner = pt
 	g, err := matcher.NewGatherer(owners, gc)
@@ -164,28 +161,28 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (*api
 	}
 	xc := dispatch.DefaultDispatcherConfig()
 	xc.Store, xc.Leases, xc.Notifier, xc.Relay, xc.Logger = store, leases, a.drivers, a.relay, quietLog
-	xc.OfferTimeout = cfg.offerTimeout
+	xc.OfferTimeout, xc.SearchDeadline, xc.RetryEvery = cfg.OfferTimeout, cfg.SearchDeadline, cfg.RetryEvery
 	gr := matcher.DefaultGreedyConfig()
-	gr.OfferTTL = cfg.offerTimeout + 2*time.Second // the lease outlives the offer a little
+	gr.OfferTTL = cfg.OfferTimeout + 2*time.Second // the lease outlives the offer a little
 	greedy, err := matcher.NewGreedy(g, leases, gr)
 	if err != nil {
 		return nil, err
 	}
 	bc := matcher.DefaultBatcherConfig()
-	bc.Partitioner, bc.OfferTTL, bc.Batch.Window = pt, gr.OfferTTL, cfg.batchWindow
+	bc.Partitioner, bc.OfferTTL, bc.Batch.Window = pt, gr.OfferTTL, cfg.BatchWindow
 	batcher, err := matcher.NewBatcher(g, leases, nil, bc)
 	if err != nil {
 		return nil, err
 	}
 	a.batcher = batcher
-	if a.policy, err = matcher.NewSwitch(greedy, batcher, pt, matcher.Policy(cfg.policy)); err != nil {
+	if a.policy, err = matcher.NewSwitch(greedy, batcher, pt, matcher.Policy(cfg.Policy)); err != nil {
 		return nil, err
 	}
 	xc.Finder = a.policy
 	if a.disp, err = dispatch.NewDispatcher(xc); err != nil {
 		return nil, err
 	}
-	limiter, err := dispatch.NewRateLimiter(5, 20, 100_000, time.Now) // per subject, all ride endpoints
+	limiter, err := dispatch.NewRateLimiter(cfg.RiderRate, cfg.RiderBurst, 100_000, time.Now) // per subject, all ride endpoints
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +192,7 @@ func newAPI(ctx context.Context, cfg config, log *slog.Logger, in *ingest) (*api
 		Locator: a.drivers, OriginPatterns: dc.OriginPatterns, Closing: a.closing}); err != nil {
 		return nil, err
 	}
-	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: ownersSupply{owners: owners, parts: int32(cfg.partitions)}, Signer: a.signer, Policy: a.policy})
+	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: ownersSupply{owners: owners, parts: int32(cfg.Partitions)}, Signer: a.signer, Policy: a.policy})
 
 	a.dev = dev
 	ok = true

@@ -1,4 +1,4 @@
-package main
+package engine
 
 import (
 	"context"
@@ -29,12 +29,12 @@ type ingest struct {
 	worker    *positions.Worker    // nil in role api
 }
 
-func newIngest(ctx context.Context, cfg config, log *slog.Logger) (*ingest, error) {
+func newIngest(ctx context.Context, cfg Config, log *slog.Logger) (*ingest, error) {
 	in := &ingest{}
-	if cfg.kafka == "" {
+	if len(cfg.Kafka) == 0 {
 		c, err := kfake.NewCluster(
 			kfake.NumBrokers(1),
-			kfake.SeedTopics(int32(cfg.partitions), positions.DefaultTopic),
+			kfake.SeedTopics(int32(cfg.Partitions), positions.DefaultTopic),
 			kfake.SeedTopics(1, positions.DefaultDLQTopic),
 			kfake.GroupMinSessionTimeout(500*time.Millisecond),
 		)
@@ -45,13 +45,13 @@ func newIngest(ctx context.Context, cfg config, log *slog.Logger) (*ingest, erro
 		in.brokers = c.ListenAddrs()
 		log.Info("in-process kafka (kfake) started", "brokers", strings.Join(in.brokers, ","))
 	} else {
-		in.brokers = strings.Split(cfg.kafka, ",")
+		in.brokers = cfg.Kafka
 		if err := in.ensureTopics(ctx, cfg); err != nil {
 			return nil, err
 		}
 	}
-	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: int32(cfg.partitions)}
-	if cfg.role == "all" || cfg.role == "api" {
+	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: int32(cfg.Partitions)}
+	if cfg.Role == "all" || cfg.Role == "api" {
 		pc := positions.DefaultPublisherConfig()
 		pc.Brokers, pc.Partitioner, pc.Logger = in.brokers, pt, log
 		p, err := positions.NewPublisher(pc)
@@ -61,12 +61,12 @@ func newIngest(ctx context.Context, cfg config, log *slog.Logger) (*ingest, erro
 		}
 		in.publisher = p
 	}
-	if cfg.role == "all" || cfg.role == "worker" {
+	if cfg.Role == "all" || cfg.Role == "worker" {
 		wc := positions.DefaultWorkerConfig()
 		wc.Brokers, wc.Logger = in.brokers, log
-		wc.Index.TTL = cfg.ttl
-		wc.SessionTimeout = cfg.sessionTimeout
-		wc.HeartbeatInterval = cfg.sessionTimeout / 10
+		wc.Index.TTL = cfg.TTL
+		wc.SessionTimeout = cfg.SessionTimeout
+		wc.HeartbeatInterval = cfg.SessionTimeout / 10
 		w, err := positions.NewWorker(wc)
 		if err != nil {
 			in.close()
@@ -79,7 +79,7 @@ func newIngest(ctx context.Context, cfg config, log *slog.Logger) (*ingest, erro
 
 // ensureTopics creates the topics on a real cluster if they are missing
 // and checks the partition count of an existing one.
-func (in *ingest) ensureTopics(ctx context.Context, cfg config) error {
+func (in *ingest) ensureTopics(ctx context.Context, cfg Config) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(in.brokers...))
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
@@ -87,7 +87,7 @@ func (in *ingest) ensureTopics(ctx context.Context, cfg config) error {
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	if err := positions.EnsureTopic(ctx, cl, positions.DefaultTopic, int32(cfg.partitions)); err != nil {
+	if err := positions.EnsureTopic(ctx, cl, positions.DefaultTopic, int32(cfg.Partitions)); err != nil {
 		return err
 	}
 	return positions.EnsureTopic(ctx, cl, positions.DefaultDLQTopic, 0)

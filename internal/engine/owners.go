@@ -1,4 +1,4 @@
-package main
+package engine
 
 import (
 	"context"
@@ -31,13 +31,13 @@ type ownership struct {
 	log *slog.Logger
 }
 
-func newOwnership(cfg config, log *slog.Logger, w *positions.Worker) (*ownership, error) {
-	ln, err := net.Listen("tcp", cfg.rpcAddr)
+func newOwnership(cfg Config, log *slog.Logger, w *positions.Worker) (*ownership, error) {
+	ln, err := net.Listen("tcp", cfg.RPCAddr)
 	if err != nil {
-		return nil, fmt.Errorf("-rpc-addr %s: %w", cfg.rpcAddr, err)
+		return nil, fmt.Errorf("-rpc-addr %s: %w", cfg.RPCAddr, err)
 	}
 	o := &ownership{ln: ln, w: w, log: log,
-		rdb: redis.NewClient(matcher.FailFastOptions(cfg.redis)),
+		rdb: redis.NewClient(matcher.FailFastOptions(cfg.Redis)),
 		srv: &http.Server{Handler: matcher.NewRPCHandler(w), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}}
 	if o.reg, err = matcher.NewRegistry(o.rdb, matcher.DefaultRegistryConfig()); err != nil {
 		o.close()

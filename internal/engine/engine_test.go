@@ -1,0 +1,69 @@
+package engine
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		want string
+	}{
+		{"role", func(c *Config) { c.Role = "boss" }, "role"},
+		{"partitions", func(c *Config) { c.Partitions = -1 }, "partitions"},
+		{"policy", func(c *Config) { c.Policy = "random" }, "policy"},
+		{"api without services", func(c *Config) { c.Role = "api" }, "role api"},
+		{"negative ttl", func(c *Config) { c.TTL = -time.Second }, "negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Addr = "127.0.0.1:0"
+			tc.mod(&c)
+			_, err := New(context.Background(), c, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want an error naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestEngineServesAndStops starts the whole engine from a zero Config
+// (defaults filled in), checks it answers, and that Run returns cleanly
+// when its context ends.
+func TestEngineServesAndStops(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	e, err := New(ctx, Config{Addr: "127.0.0.1:0", TokenSecret: "engine-test-secret-0123456789"},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Signer() == nil || e.DevTokens() || len(e.Brokers()) == 0 {
+		t.Fatalf("signer %v dev %v brokers %v", e.Signer(), e.DevTokens(), e.Brokers())
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	resp, err := http.Get("http://" + e.Addr().String() + "/livez")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/livez: %d", resp.StatusCode)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
