@@ -65,13 +65,31 @@ type DispatcherConfig struct {
 	MaxActive int
 	Now       func() time.Time
 	Logger    *slog.Logger
+
+	// StallTimeout is how long an accepted or arrived ride waits for its
+	// driver's next step (arrived, start) before the sweep expires it and
+	// releases the driver: the driver app vanished. Zero means the
+	// default, 30 min.
+	StallTimeout time.Duration
+	// MaxTrip is how long a ride may stay in_trip before the sweep expires
+	// it and releases the driver. Zero means the default, 6 h.
+	MaxTrip time.Duration
 }
 
+// Defaults of the expiry of abandoned trips.
+const (
+	DefaultStallTimeout = 30 * time.Minute
+	DefaultMaxTrip      = 6 * time.Hour
+)
+
 // DefaultDispatcherConfig returns the defaults: 10 s offers, 5 offers, a
-// 60 s search, 1 s between empty searches, 10,000 active rides.
+// 60 s search, 1 s between empty searches, 10,000 active rides; trips
+// expire after 30 min without a step before the rider is in the car, or
+// 6 h in it.
 func DefaultDispatcherConfig() DispatcherConfig {
 	return DispatcherConfig{OfferTimeout: 10 * time.Second, MaxOffers: 5, SearchDeadline: time.Minute,
-		RetryEvery: time.Second, MaxActive: 10000, Now: time.Now, Logger: slog.Default()}
+		RetryEvery: time.Second, MaxActive: 10000, Now: time.Now, Logger: slog.Default(),
+		StallTimeout: DefaultStallTimeout, MaxTrip: DefaultMaxTrip}
 }
 
 // Validate checks c.
@@ -81,6 +99,9 @@ func (c DispatcherConfig) Validate() error {
 	}
 	if c.OfferTimeout <= 0 || c.MaxOffers < 1 || c.SearchDeadline <= 0 || c.RetryEvery <= 0 || c.MaxActive < 1 {
 		return fmt.Errorf("dispatcher config: OfferTimeout, SearchDeadline, RetryEvery > 0 and MaxOffers, MaxActive >= 1 (got %+v)", c)
+	}
+	if c.StallTimeout < 0 || c.MaxTrip < 0 {
+		return fmt.Errorf("dispatcher config: StallTimeout %v and MaxTrip %v must not be negative (zero is the default)", c.StallTimeout, c.MaxTrip)
 	}
 	return nil
 }
@@ -135,6 +156,12 @@ func (d *Dispatcher) MatchLatency() positions.LatencySnapshot { return d.matchLa
 func NewDispatcher(cfg DispatcherConfig) (*Dispatcher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.StallTimeout == 0 {
+		cfg.StallTimeout = DefaultStallTimeout
+	}
+	if cfg.MaxTrip == 0 {
+		cfg.MaxTrip = DefaultMaxTrip
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Dispatcher{cfg: cfg, base: ctx, cancel: cancel, searches: make(map[RideID]*search)}, nil
@@ -247,13 +274,14 @@ func (d *Dispatcher) settle(id RideID) {
 }
 
 // SweepEvery is how often Run looks for searches that died with their
-// process.
+// process and for abandoned trips.
 const SweepEvery = 5 * time.Second
 
 // Run ends, every SweepEvery until ctx ends, the rides whose search is
 // overdue and not running here: their process died mid-search. A ride still
 // offered goes back to searching (the lease expires on its own) and then
-// to no_driver; a ride that got further is only untracked.
+// to no_driver; a ride that got further is only untracked. It also expires
+// abandoned trips (see sweepTrips).
 func (d *Dispatcher) Run(ctx context.Context) error {
 	t := time.NewTicker(SweepEvery)
 	defer t.Stop()
@@ -269,6 +297,12 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 
 // Sweep runs one pass of Run and returns how many rides it ended.
 func (d *Dispatcher) Sweep(ctx context.Context) int {
+	return d.sweepSearches(ctx) + d.sweepTrips(ctx)
+}
+
+// sweepSearches ends the overdue searches no goroutine of this process
+// runs.
+func (d *Dispatcher) sweepSearches(ctx context.Context) int {
 	ids, err := d.cfg.Store.OverdueSearches(ctx, d.cfg.Now(), 1000)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -506,4 +540,90 @@ func (d *Dispatcher) end(id RideID, log *slog.Logger) {
 	} else if !errors.Is(err, ErrIllegalTransition) {
 		log.Warn("recording no_driver failed", "err", err)
 	}
+}
+
+// Abandoned trips.
+//
+// A ride after acceptance has no search and no goroutine: only its driver
+// moves it on. The store tracks when each ride entered accepted, arrived
+// or in_trip (RideStore.trackTrip); the sweep expires the rides that stay
+// longer than StallTimeout (accepted, arrived) or MaxTrip (in_trip) and
+// releases their driver's trip lock, so a vanished driver app neither
+// keeps the rider waiting nor holds the driver until the lock's own TTL.
+
+// errMovedOn: the ride took a step between the sweep's read and its write.
+var errMovedOn = errors.New("ride moved on")
+
+// sweepTrips runs one pass over the tracked trips and returns how many it
+// expired.
+func (d *Dispatcher) sweepTrips(ctx context.Context) int {
+	now := d.cfg.Now()
+	ended := 0
+	for _, st := range []State{Accepted, Arrived, InTrip} {
+		limit := d.cfg.StallTimeout
+		if st == InTrip {
+			limit = d.cfg.MaxTrip
+		}
+		ids, err := d.cfg.Store.stalledTrips(ctx, st, now.Add(-limit), 1000)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.errs.Add(1)
+				d.cfg.Logger.Warn("trip sweep failed", "state", st, "err", err)
+			}
+			return ended
+		}
+		for _, id := range ids {
+			if d.expireTrip(ctx, id, st, now, limit) {
+				ended++
+			}
+		}
+	}
+	return ended
+}
+
+// expireTrip expires ride id if it is still in st, limit or more after its
+// last step, and reports whether it did. Stale entries (the ride moved on,
+// or is gone) are dropped; Redis trouble leaves the entry for the next
+// pass.
+func (d *Dispatcher) expireTrip(ctx context.Context, id RideID, st State, now time.Time, limit time.Duration) bool {
+	r, err := d.cfg.Store.Get(ctx, id)
+	switch {
+	case errors.Is(err, ErrRideNotFound):
+		d.cfg.Store.untrackTrip(ctx, st, id)
+		return false
+	case err != nil:
+		return false
+	case r.State != st:
+		d.cfg.Store.untrackTrip(ctx, st, id)
+		return false
+	case now.Sub(r.UpdatedAt) < limit:
+		d.cfg.Store.trackTrip(ctx, st, id, r.UpdatedAt) // the entry predates the ride's last step
+		return false
+	}
+	// The check runs on every compare-and-set attempt: a step the driver
+	// takes meanwhile wins over the expiry.
+	after, err := d.cfg.Store.applyChecked(ctx, id, Event{Kind: EvExpire, At: now}, func(cur Ride) error {
+		if cur.State != st || now.Sub(cur.UpdatedAt) < limit {
+			return errMovedOn
+		}
+		return nil
+	})
+	if err != nil {
+		if !errors.Is(err, errMovedOn) && ctx.Err() == nil {
+			d.errs.Add(1)
+			d.cfg.Logger.Warn("expiring an abandoned trip failed", "ride", id, "err", err)
+		}
+		return false
+	}
+	if d.cfg.Relay != nil {
+		d.cfg.Relay.Notify(id)
+	}
+	d.cfg.Logger.Info("abandoned trip expired", "ride", id, "state", st, "driver", after.Driver, "last_step", r.UpdatedAt)
+	if after.Driver != "" && after.LeaseToken != 0 {
+		if err := d.cfg.Leases.Release(ctx, after.Driver, matcher.RideID(id), matcher.Token(after.LeaseToken)); err != nil && !errors.Is(err, matcher.ErrLeaseLost) {
+			d.cfg.Logger.Warn("releasing trip lock failed; it expires on its own", "ride", id, "driver", after.Driver, "err", err)
+		}
+		d.cfg.Notifier.Send(after.Driver, map[string]any{"type": "ride_expired", "ride": id})
+	}
+	return true
 }

@@ -21,7 +21,9 @@ type RiderID string
 //	                 +------------+ (declined / offer timed out)
 //
 // plus the terminal cancelled_by_rider, cancelled_by_driver, no_driver and
-// expired.
+// expired. Every non-terminal state can expire: before acceptance when the
+// search outlives its process, after it when the driver stops progressing
+// (DispatcherConfig.StallTimeout, MaxTrip).
 type State uint8
 
 // States. The zero value is invalid.
@@ -114,7 +116,7 @@ var transitions = map[State]map[EventKind]State{
 		EvRiderCancel: CancelledByRider, EvExpire: Expired},
 	Accepted: {EvArrive: Arrived, EvRiderCancel: CancelledByRider, EvDriverCancel: CancelledByDriver, EvExpire: Expired},
 	Arrived:  {EvStart: InTrip, EvRiderCancel: CancelledByRider, EvDriverCancel: CancelledByDriver, EvExpire: Expired},
-	InTrip:   {EvComplete: Completed},
+	InTrip:   {EvComplete: Completed, EvExpire: Expired},
 }
 
 // Next returns the state after applying k in s, or ErrIllegalTransition.

@@ -37,7 +37,7 @@ func TestEveryTransition(t *testing.T) {
 			dispatch.EvRiderCancel: dispatch.CancelledByRider, dispatch.EvExpire: dispatch.Expired},
 		dispatch.Accepted: {dispatch.EvArrive: dispatch.Arrived, dispatch.EvRiderCancel: dispatch.CancelledByRider, dispatch.EvDriverCancel: dispatch.CancelledByDriver, dispatch.EvExpire: dispatch.Expired},
 		dispatch.Arrived:  {dispatch.EvStart: dispatch.InTrip, dispatch.EvRiderCancel: dispatch.CancelledByRider, dispatch.EvDriverCancel: dispatch.CancelledByDriver, dispatch.EvExpire: dispatch.Expired},
-		dispatch.InTrip:   {dispatch.EvComplete: dispatch.Completed},
+		dispatch.InTrip:   {dispatch.EvComplete: dispatch.Completed, dispatch.EvExpire: dispatch.Expired},
 	}
 	for _, s := range allStates {
 		for _, k := range allEvents {

@@ -187,14 +187,34 @@ return 1
 // log (see Relay) never misses a transition the read model shows. A ride
 // that reaches a terminal state expires EndedTTL later.
 func (s *RideStore) Apply(ctx context.Context, id RideID, ev Event) (Ride, error) {
+	return s.applyChecked(ctx, id, ev, nil)
+}
+
+// applyChecked is Apply that first runs check, when set, on the ride as
+// read before each compare-and-set attempt, and returns its error (with
+// the ride as it is) instead of writing.
+func (s *RideStore) applyChecked(ctx context.Context, id RideID, ev Event, check func(cur Ride) error) (Ride, error) {
 	for range s.cfg.MaxCASRetries {
 		cur, err := s.Get(ctx, id)
 		if err != nil {
 			return Ride{}, err
 		}
+		if check != nil {
+			if err := check(cur); err != nil {
+				return cur, err
+			}
+		}
 		next := cur
 		if err := next.Apply(ev); err != nil {
 			return cur, err
+		}
+		// A ride entering accepted, arrived or in_trip is tracked before
+		// the write, so no ride is in those states untracked; an entry
+		// whose write then fails is dropped by the dispatcher's sweep.
+		if inTrip(next.State) && next.State != cur.State {
+			if err := s.trackTrip(ctx, next.State, id, next.UpdatedAt); err != nil {
+				return Ride{}, err
+			}
 		}
 		data, err := json.Marshal(next)
 		if err != nil {
@@ -215,6 +235,9 @@ func (s *RideStore) Apply(ctx context.Context, id RideID, ev Event) (Ride, error
 			return Ride{}, s.unavailable("update", err)
 		case ok == 1:
 			s.entered[next.State].Add(1)
+			if inTrip(cur.State) && next.State != cur.State {
+				s.untrackTrip(ctx, cur.State, id) // best effort: the sweep drops stale entries
+			}
 			return next, nil
 		case ok == -1:
 			return Ride{}, fmt.Errorf("%w: %s", ErrRideNotFound, id)
@@ -273,6 +296,49 @@ func (s *RideStore) OverdueSearches(ctx context.Context, now time.Time, limit in
 	}).Result()
 	if err != nil {
 		return nil, s.unavailable("overdue searches", err)
+	}
+	out := make([]RideID, len(ids))
+	for i, id := range ids {
+		out[i] = RideID(id)
+	}
+	return out, nil
+}
+
+// inTrip reports whether st is a state after acceptance that the driver
+// must move on from: accepted, arrived or in_trip.
+func inTrip(st State) bool { return st == Accepted || st == Arrived || st == InTrip }
+
+// tripsKey is a sorted set per state st of inTrip: the rides in st, scored
+// by the unix milliseconds of the step that put them there. The
+// dispatcher's sweep expires the rides that stay too long (a driver app
+// that vanished). The key has no hash tag: like searchesKey it is written
+// beside a ride's compare-and-set, not in it.
+func (s *RideStore) tripsKey(st State) string { return s.cfg.Prefix + "trips:" + st.String() }
+
+// trackTrip records that ride id has been in st since at.
+func (s *RideStore) trackTrip(ctx context.Context, st State, id RideID, at time.Time) error {
+	if err := s.rdb.ZAdd(ctx, s.tripsKey(st), redis.Z{Score: float64(at.UnixMilli()), Member: string(id)}).Err(); err != nil {
+		return s.unavailable("track trip", err)
+	}
+	return nil
+}
+
+// untrackTrip records that ride id left st.
+func (s *RideStore) untrackTrip(ctx context.Context, st State, id RideID) error {
+	if err := s.rdb.ZRem(ctx, s.tripsKey(st), string(id)).Err(); err != nil {
+		return s.unavailable("untrack trip", err)
+	}
+	return nil
+}
+
+// stalledTrips returns up to limit rides tracked in st since cutoff or
+// earlier.
+func (s *RideStore) stalledTrips(ctx context.Context, st State, cutoff time.Time, limit int64) ([]RideID, error) {
+	ids, err := s.rdb.ZRangeByScore(ctx, s.tripsKey(st), &redis.ZRangeBy{
+		Min: "-inf", Max: strconv.FormatInt(cutoff.UnixMilli(), 10), Count: limit,
+	}).Result()
+	if err != nil {
+		return nil, s.unavailable("stalled trips", err)
 	}
 	out := make([]RideID, len(ids))
 	for i, id := range ids {
