@@ -211,7 +211,7 @@ func (s *RideStore) applyChecked(ctx context.Context, id RideID, ev Event, check
 		// A ride entering accepted, arrived or in_trip is tracked before
 		// the write, so no ride is in those states untracked; an entry
 		// whose write then fails is dropped by the dispatcher's sweep.
-		if inTrip(next.State) && next.State != cur.State {
+		if assigned(next.State) && next.State != cur.State {
 			if err := s.trackTrip(ctx, next.State, id, next.UpdatedAt); err != nil {
 				return Ride{}, err
 			}
@@ -235,7 +235,7 @@ func (s *RideStore) applyChecked(ctx context.Context, id RideID, ev Event, check
 			return Ride{}, s.unavailable("update", err)
 		case ok == 1:
 			s.entered[next.State].Add(1)
-			if inTrip(cur.State) && next.State != cur.State {
+			if assigned(cur.State) && next.State != cur.State {
 				s.untrackTrip(ctx, cur.State, id) // best effort: the sweep drops stale entries
 			}
 			return next, nil
@@ -304,11 +304,11 @@ func (s *RideStore) OverdueSearches(ctx context.Context, now time.Time, limit in
 	return out, nil
 }
 
-// inTrip reports whether st is a state after acceptance that the driver
+// assigned reports whether st is a state after acceptance that the driver
 // must move on from: accepted, arrived or in_trip.
-func inTrip(st State) bool { return st == Accepted || st == Arrived || st == InTrip }
+func assigned(st State) bool { return st == Accepted || st == Arrived || st == InTrip }
 
-// tripsKey is a sorted set per state st of inTrip: the rides in st, scored
+// tripsKey is a sorted set per state st of assigned: the rides in st, scored
 // by the unix milliseconds of the step that put them there. The
 // dispatcher's sweep expires the rides that stay too long (a driver app
 // that vanished). The key has no hash tag: like searchesKey it is written
