@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,8 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 		return nil, err
 	}
 	defer stop()
+	dialer := newSpreadDialer(n)
+	dialOpts := &websocket.DialOptions{HTTPClient: dialer.httpClient(1)}
 	before, err := engineMemory(base)
 	if err != nil {
 		return nil, err
@@ -65,7 +68,7 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 			for i := range jobs {
 				tok, _ := signer.Mint(dispatch.Claims{Subject: "d" + strconv.Itoa(i), Role: dispatch.RoleDriver, Expires: time.Now().Add(time.Hour)})
 				dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				c, _, err := websocket.Dial(dctx, "ws"+strings.TrimPrefix(base, "http")+"/v1/drivers/ws?access_token="+tok, nil)
+				c, _, err := websocket.Dial(dctx, "ws"+strings.TrimPrefix(base, "http")+"/v1/drivers/ws?access_token="+tok, dialOpts)
 				cancel()
 				if err != nil {
 					mu.Lock()
@@ -111,7 +114,7 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 		System: "hexdispatch", Workload: "ws-conns", Drivers: n,
 		BytesPerDriver: round(float64(after-before) / float64(n)),
 		Seconds:        round(dial.Seconds()),
-		Note:           "server heap + goroutine stacks per idle driver WebSocket; seconds = time to open them all",
+		Note:           fmt.Sprintf("server heap + goroutine stacks per idle driver WebSocket; seconds = time to open them all from %d source addresses", dialer.SourceAddrs()),
 	}}, nil
 }
 
@@ -139,11 +142,13 @@ func raiseFileLimit(n uint64) error {
 }
 
 // buildEngine builds cmd/hexdispatch of this module into a temp dir.
+// Workloads that run the engine as its own process (ws-conns, match-e2e)
+// share it and startEngine.
 func buildEngine(ctx context.Context) (string, func(), error) {
 	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
 	mod := strings.TrimSpace(string(out))
 	if err != nil || mod == "" || mod == os.DevNull {
-		return "", nil, fmt.Errorf("ws-conns: run hexbench inside the hexdispatch module (go env GOMOD: %q, %v)", mod, err)
+		return "", nil, fmt.Errorf("engine: run hexbench inside the hexdispatch module (go env GOMOD: %q, %v)", mod, err)
 	}
 	dir, err := os.MkdirTemp("", "hexbench-engine-")
 	if err != nil {
@@ -154,15 +159,19 @@ func buildEngine(ctx context.Context) (string, func(), error) {
 	cmd.Dir = filepath.Dir(mod)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("ws-conns: building the engine: %w\n%s", err, b)
+		return "", nil, fmt.Errorf("engine: building: %w\n%s", err, b)
 	}
 	return bin, func() { os.RemoveAll(dir) }, nil
 }
 
 // startEngine runs the engine on a free loopback port and returns its base
-// URL once it prints it.
-func startEngine(ctx context.Context, bin string) (string, func(), error) {
-	cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-token-secret", wsSecret, "-partitions", "4", "-log-level", "warn")
+// URL once it prints it. extra flags come after the defaults, so they win.
+// The engine gets every core whatever GOMAXPROCS hexbench runs with: it is
+// measured as it would be deployed.
+func startEngine(ctx context.Context, bin string, extra ...string) (string, func(), error) {
+	args := append([]string{"-addr", "127.0.0.1:0", "-token-secret", wsSecret, "-partitions", "4", "-log-level", "warn"}, extra...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") })
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return "", nil, err
@@ -187,7 +196,7 @@ func startEngine(ctx context.Context, bin string) (string, func(), error) {
 	i := strings.Index(line, "http://")
 	if err != nil || i < 0 {
 		stop()
-		return "", nil, fmt.Errorf("ws-conns: engine banner %q: %v", line, err)
+		return "", nil, fmt.Errorf("engine: banner %q: %v", line, err)
 	}
 	base := strings.TrimSpace(line[i:])
 	deadline := time.Now().Add(30 * time.Second)
@@ -201,7 +210,7 @@ func startEngine(ctx context.Context, bin string) (string, func(), error) {
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			stop()
-			return "", nil, errors.New("ws-conns: engine not ready in 30 s")
+			return "", nil, errors.New("engine: not ready in 30 s")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -231,5 +240,5 @@ func engineGauge(base, name string) (float64, error) {
 			return strconv.ParseFloat(strings.TrimSpace(v), 64)
 		}
 	}
-	return 0, fmt.Errorf("ws-conns: %s not in the engine's /metrics", name)
+	return 0, fmt.Errorf("engine: %s not in the engine's /metrics", name)
 }
