@@ -23,6 +23,11 @@ type config struct {
 	memProfile string
 	peer       string
 	redisPath  string
+	rate       float64
+	wsDrivers  int
+	ratios     string
+	refresh    time.Duration
+	goBench    string
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -37,6 +42,11 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.memProfile, "memprofile", "", "write a heap profile at the end to this file")
 	fs.StringVar(&c.peer, "peer", "", "also run each workload against a peer and print ratios: redis (Redis GEO on a redis-server started on loopback)")
 	fs.StringVar(&c.redisPath, "redis-server", "redis-server", "redis-server binary for -peer redis")
+	fs.Float64Var(&c.rate, "rate", 500, "match-e2e: ride requests per second, open loop")
+	fs.IntVar(&c.wsDrivers, "ws-drivers", 0, "match-e2e: drivers that hold a WebSocket (the rest report over HTTP); 0 = as many as the open-file limit allows")
+	fs.DurationVar(&c.refresh, "refresh", 10*time.Second, "match-e2e: each driver reports its position again this often (the engine's TTL is three of these)")
+	fs.StringVar(&c.goBench, "gobench", "", "convert `go test -bench` output (a file; - for stdin) into result lines and exit")
+	fs.StringVar(&c.ratios, "ratios", "", "print the ratio table of a results file (JSON lines of earlier runs; - for stdin) and exit")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -60,6 +70,15 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if c.peer != "" && c.peer != "redis" {
 		return c, fmt.Errorf("-peer %q: the only peer is redis", c.peer)
 	}
+	if !(c.rate > 0 && c.rate <= 100_000) {
+		return c, fmt.Errorf("-rate %v: want (0, 100000] requests/s", c.rate)
+	}
+	if c.refresh < time.Second || c.refresh > 10*time.Minute {
+		return c, fmt.Errorf("-refresh %v: want 1s to 10m", c.refresh)
+	}
+	if c.wsDrivers < 0 {
+		return c, fmt.Errorf("-ws-drivers %d: want >= 0", c.wsDrivers)
+	}
 	if c.duration <= 0 || c.duration > time.Hour {
 		return c, fmt.Errorf("-duration %v: want (0, 1h]", c.duration)
 	}
@@ -73,6 +92,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 			return nil
 		}
 		return err
+	}
+	if cfg.goBench != "" {
+		return goBenchResults(cfg.goBench, os.Stdin, stdout)
+	}
+	if cfg.ratios != "" {
+		return ratiosFromFile(cfg.ratios, os.Stdin, stdout)
 	}
 	if cfg.cpuProfile != "" {
 		f, err := os.Create(cfg.cpuProfile)
@@ -105,7 +130,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 				return err
 			}
 			fmt.Fprintf(stderr, "hexbench: %s drivers=%d ...\n", name, n)
-			env := Env{Drivers: n, Duration: cfg.duration, Seed: cfg.seed, Progress: stderr}
+			env := Env{Drivers: n, Duration: cfg.duration, Seed: cfg.seed, Progress: stderr, Rate: cfg.rate, WSDrivers: cfg.wsDrivers, Refresh: cfg.refresh}
 			results, err := w.Run(ctx, env)
 			if err != nil {
 				return fmt.Errorf("%s (drivers=%d): %w", name, n, err)

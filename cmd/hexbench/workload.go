@@ -28,6 +28,15 @@ type Result struct {
 	Seconds        float64 `json:"seconds,omitempty"`
 	GOMAXPROCS     int     `json:"gomaxprocs,omitempty"`
 	Note           string  `json:"note,omitempty"`
+	// Workloads with more than one rate: mixed (position updates and
+	// k-nearest queries at once) and match-e2e (offers to drivers).
+	UpdatesPerS float64 `json:"updates_per_s,omitempty"`
+	QueriesPerS float64 `json:"queries_per_s,omitempty"`
+	OffersPerS  float64 `json:"offers_per_s,omitempty"`
+	// TargetPerS is an open-loop workload's offered rate; OpsPerS is what
+	// it achieved.
+	TargetPerS float64 `json:"target_per_s,omitempty"`
+	Errors     int64   `json:"errors,omitempty"`
 }
 
 // Env is what a workload gets from the command line.
@@ -36,6 +45,13 @@ type Env struct {
 	Duration time.Duration // how long to run the timed loop
 	Seed     uint64
 	Progress io.Writer // stderr
+	// Rate is the open-loop request rate of match-e2e (ride requests/s).
+	Rate float64
+	// WSDrivers is how many of match-e2e's drivers hold a WebSocket; 0
+	// means as many as the open-file limit allows.
+	WSDrivers int
+	// Refresh is how often each of match-e2e's drivers reports again.
+	Refresh time.Duration
 }
 
 // Workload is one named benchmark.
