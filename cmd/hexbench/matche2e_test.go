@@ -1,0 +1,38 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"testing"
+	"time"
+)
+
+// TestMatchE2EWorkload runs match-e2e at a toy size against a real engine
+// process so that it keeps working; the figures mean nothing here.
+func TestMatchE2EWorkload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the engine")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := run(ctx, []string{"-workloads", "match-e2e", "-drivers", "300", "-ws-drivers", "100",
+		"-rate", "20", "-duration", "1s", "-refresh", "2s"}, &out, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r Result
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("result %q: %v", out.String(), err)
+	}
+	if r.Workload != "match-e2e" || r.Drivers != 300 || r.TargetPerS != 20 {
+		t.Fatalf("result %+v", r)
+	}
+	// Every created ride is offered to a driver on a WebSocket: at least
+	// one made it, with its latency measured at the driver.
+	if r.Ops == 0 || r.OpsPerS <= 0 || r.OffersPerS <= 0 || r.P50us <= 0 || r.P99us < r.P50us {
+		t.Fatalf("result %+v: want offered rides with latencies", r)
+	}
+}
