@@ -1,0 +1,163 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/hexdispatch/hexdispatch/dispatch"
+	"github.com/hexdispatch/hexdispatch/geo"
+)
+
+// riders sends every request at its time, each from its own rider
+// goroutine (added to wg) that then watches the ride until it ends.
+func (c *city) riders(ctx context.Context, reqs []simRequest, wg *sync.WaitGroup) {
+	for i, q := range reqs {
+		if err := c.clock.SleepUntil(ctx, q.At); err != nil {
+			return
+		}
+		r := &rideRec{idx: i, req: q.Request, dropoff: q.dropoff}
+		c.track.add(r)
+		c.snaps.demand(q.At, q.Pickup)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.ride(ctx, r)
+		}()
+	}
+}
+
+// rideBody is the POST /v1/rides body.
+type rideBody struct {
+	Pickup  geo.LatLng `json:"pickup"`
+	Dropoff geo.LatLng `json:"dropoff"`
+}
+
+// ride requests one ride and follows it on the rider WebSocket.
+func (c *city) ride(ctx context.Context, r *rideRec) {
+	sub := fmt.Sprintf("sim-r%d", r.idx)
+	tok, err := c.target.Mint(sub, dispatch.RoleRider)
+	if err != nil {
+		return
+	}
+	body, _ := json.Marshal(rideBody{Pickup: r.req.Pickup, Dropoff: r.dropoff})
+	key := fmt.Sprintf("citysim-%d-%d", c.cfg.Seed, r.idx)
+	var ride dispatch.RideView
+	for attempt := 0; ; attempt++ {
+		r.sentSim, r.sentWall = c.clock.Now(), time.Now()
+		status, retryAfter, err := c.postRide(ctx, tok, key, body, &ride)
+		r.status = status
+		if err == nil && status == http.StatusCreated || status == http.StatusOK {
+			break
+		}
+		if ctx.Err() != nil || attempt == 2 || (status != http.StatusTooManyRequests && status != http.StatusServiceUnavailable && status != 0) {
+			return
+		}
+		c.track.count(func(t *tracker) { t.retries++ })
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retryAfter):
+		}
+	}
+	c.track.created(r, ride.ID)
+	c.watch(ctx, tok, r)
+}
+
+// postRide sends the request; it returns the status (0 for a transport
+// error) and the server's Retry-After.
+func (c *city) postRide(ctx context.Context, tok, key string, body []byte, out *dispatch.RideView) (int, time.Duration, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.target.BaseURL+"/v1/rides", bytes.NewReader(body))
+	if err != nil {
+		return 0, 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, time.Second, err
+	}
+	defer resp.Body.Close()
+	retry := time.Second
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+		retry = time.Duration(s) * time.Second
+	}
+	if resp.StatusCode/100 != 2 {
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, retry, fmt.Errorf("POST /v1/rides: %s", resp.Status)
+	}
+	return resp.StatusCode, 0, json.NewDecoder(resp.Body).Decode(out)
+}
+
+// watch follows the ride on its WebSocket until it ends or ctx ends; if
+// the socket fails it polls GET /v1/rides/{id} instead.
+func (c *city) watch(ctx context.Context, tok string, r *rideRec) {
+	wsURL := "ws" + strings.TrimPrefix(c.target.BaseURL, "http") + "/v1/rides/" + string(r.id) + "/ws"
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, _, err := websocket.Dial(dctx, wsURL, &websocket.DialOptions{HTTPClient: c.http,
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + tok}}})
+	cancel()
+	if err == nil {
+		defer conn.CloseNow()
+		for {
+			_, b, err := conn.Read(ctx)
+			if err != nil {
+				break
+			}
+			var f struct {
+				Type  string         `json:"type"`
+				State dispatch.State `json:"state"`
+			}
+			if json.Unmarshal(b, &f) == nil && f.Type == "ride" {
+				c.seen(r, f.State)
+				if f.State.Terminal() {
+					return
+				}
+			}
+		}
+	}
+	for ctx.Err() == nil {
+		if st, ok := c.getState(ctx, tok, r.id); ok {
+			c.seen(r, st)
+			if st.Terminal() {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (c *city) seen(r *rideRec, st dispatch.State) {
+	c.track.count(func(*tracker) { r.final = st })
+}
+
+func (c *city) getState(ctx context.Context, tok string, id dispatch.RideID) (dispatch.State, bool) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.target.BaseURL+"/v1/rides/"+string(id), nil)
+	if err != nil {
+		return 0, false
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	var v dispatch.RideView
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&v) != nil {
+		return 0, false
+	}
+	return v.State, true
+}
