@@ -72,6 +72,18 @@ func TokenSecret(configured string) (secret []byte, dev bool, err error) {
 	return s, true, nil
 }
 
+// embeddedRedisOptions are the client options for the in-process Redis.
+// The fail-fast timeouts of matcher.FailFastOptions guard against a remote
+// Redis that is down or partitioned; an in-process one can only be slow
+// because the process is busy, and failing then turns load into errors.
+// So: a larger pool kept warm, and timeouts of a second.
+func embeddedRedisOptions(addr string) *redis.Options {
+	o := matcher.FailFastOptions(addr)
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = time.Second, time.Second, time.Second, time.Second
+	o.PoolSize, o.MinIdleConns = 128, 16
+	return o
+}
+
 func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest) (*api, error) {
 	a := &api{}
 	ok := false
@@ -87,7 +99,7 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest) (*api
 			return nil, fmt.Errorf("in-process redis: %w", err)
 		}
 		a.mini = m
-		a.rdb = redis.NewClient(matcher.FailFastOptions(m.Addr()))
+		a.rdb = redis.NewClient(embeddedRedisOptions(m.Addr()))
 		log.Info("in-process redis (miniredis) started", "addr", m.Addr())
 	} else {
 		a.rdb = redis.NewClient(matcher.FailFastOptions(cfg.Redis))
