@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hexdispatch/hexdispatch/dispatch"
 	"github.com/hexdispatch/hexdispatch/internal/engine"
 )
 
@@ -29,6 +30,8 @@ type config struct {
 	redis           string        // host:port; empty = in-process miniredis
 	tokenSecret     string        // HMAC secret of bearer tokens; empty = dev secret
 	offerTimeout    time.Duration
+	stallTimeout    time.Duration
+	maxTrip         time.Duration
 	allowedOrigins  string // extra browser origins for the driver WebSocket
 	rpcAddr         string // worker query RPC listen address (role worker with -redis)
 	policy          string // default matching policy
@@ -51,6 +54,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.redis, "redis", "", "Redis address (host:port); empty starts an in-process Redis (miniredis)")
 	fs.StringVar(&c.tokenSecret, "token-secret", "", "HMAC secret of bearer tokens (at least 16 bytes); empty uses a dev secret kept in the temp dir and prints dev tokens")
 	fs.DurationVar(&c.offerTimeout, "offer-timeout", 10*time.Second, "how long a driver has to answer an offer before the next candidate gets it")
+	fs.DurationVar(&c.stallTimeout, "stall-timeout", dispatch.DefaultStallTimeout, "an accepted or arrived ride whose driver takes no next step for this long expires, freeing the driver")
+	fs.DurationVar(&c.maxTrip, "max-trip", dispatch.DefaultMaxTrip, "a ride in_trip for this long expires, freeing the driver")
 	fs.StringVar(&c.rpcAddr, "rpc-addr", "127.0.0.1:0", "role worker with -redis: listen address of the internal query RPC that api processes call (published in Redis; port 0 picks one)")
 	fs.StringVar(&c.policy, "policy", "greedy", "default matching policy: greedy | batched (ops switch it per region at /v1/ops/policy)")
 	fs.DurationVar(&c.batchWindow, "batch-window", 2*time.Second, "how long the batched policy collects a region's requests before planning them")
@@ -87,6 +92,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.offerTimeout < time.Second || c.offerTimeout > 5*time.Minute {
 		return c, fmt.Errorf("-offer-timeout %v: want 1s to 5m", c.offerTimeout)
+	}
+	if c.stallTimeout < time.Minute || c.maxTrip < time.Minute {
+		return c, fmt.Errorf("-stall-timeout %v and -max-trip %v: want at least 1m", c.stallTimeout, c.maxTrip)
 	}
 	if c.shutdownTimeout <= 0 {
 		return c, fmt.Errorf("-shutdown-timeout %v: must be positive", c.shutdownTimeout)
@@ -159,6 +167,7 @@ func (c config) engineConfig() engine.Config {
 	ec.Kafka = splitList(c.kafka)
 	ec.Partitions, ec.TTL, ec.SessionTimeout = c.partitions, c.ttl, c.sessionTimeout
 	ec.Redis, ec.TokenSecret, ec.OfferTimeout = c.redis, c.tokenSecret, c.offerTimeout
+	ec.StallTimeout, ec.MaxTrip = c.stallTimeout, c.maxTrip
 	ec.AllowedOrigins = splitList(c.allowedOrigins)
 	ec.RPCAddr, ec.Policy, ec.BatchWindow = c.rpcAddr, c.policy, c.batchWindow
 	return ec

@@ -89,6 +89,8 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"-log-format", "xml"},
 		{"-policy", "fastest"},
 		{"-batch-window", "2h"},
+		{"-stall-timeout", "10s"},
+		{"-max-trip", "0s"},
 		{"-role", "api"}, // needs -kafka and -redis
 		{"extra"},
 		{"-nosuchflag"},

@@ -43,6 +43,8 @@ type Config struct {
 	OfferTimeout    time.Duration
 	SearchDeadline  time.Duration // bound of a whole ride search
 	RetryEvery      time.Duration // pause between empty searches
+	StallTimeout    time.Duration // an accepted or arrived ride without a next step expires after this
+	MaxTrip         time.Duration // an in_trip ride expires after this
 	AllowedOrigins  []string      // extra browser origins for the driver WebSocket
 	RPCAddr         string        // worker query RPC listen address (role worker with Redis)
 	Policy          string        // default matching policy: greedy | batched
@@ -58,7 +60,8 @@ func DefaultConfig() Config {
 	d := dispatch.DefaultDispatcherConfig()
 	return Config{Addr: "127.0.0.1:8080", Role: "all", ShutdownTimeout: 10 * time.Second, Partitions: 16,
 		TTL: 30 * time.Second, SessionTimeout: 3 * time.Second, OfferTimeout: d.OfferTimeout,
-		SearchDeadline: d.SearchDeadline, RetryEvery: d.RetryEvery, RPCAddr: "127.0.0.1:0",
+		SearchDeadline: d.SearchDeadline, RetryEvery: d.RetryEvery, StallTimeout: d.StallTimeout, MaxTrip: d.MaxTrip,
+		RPCAddr: "127.0.0.1:0",
 		Policy: "greedy", BatchWindow: 2 * time.Second, RiderRate: 5, RiderBurst: 20}
 }
 
@@ -94,6 +97,8 @@ func (c Config) withDefaults() Config {
 	set(&c.OfferTimeout, d.OfferTimeout)
 	set(&c.SearchDeadline, d.SearchDeadline)
 	set(&c.RetryEvery, d.RetryEvery)
+	set(&c.StallTimeout, d.StallTimeout)
+	set(&c.MaxTrip, d.MaxTrip)
 	set(&c.BatchWindow, d.BatchWindow)
 	return c
 }
@@ -110,7 +115,7 @@ func (c Config) Validate() error {
 	case c.Policy != "greedy" && c.Policy != "batched":
 		return fmt.Errorf("policy %q: want greedy or batched", c.Policy)
 	case c.TTL < 0 || c.SessionTimeout < 0 || c.OfferTimeout < 0 || c.SearchDeadline < 0 ||
-		c.RetryEvery < 0 || c.BatchWindow < 0 || c.ShutdownTimeout < 0:
+		c.RetryEvery < 0 || c.BatchWindow < 0 || c.ShutdownTimeout < 0 || c.StallTimeout < 0 || c.MaxTrip < 0:
 		return errors.New("durations must not be negative")
 	case c.RiderRate < 0 || c.RiderBurst < 0:
 		return errors.New("rider rate and burst must not be negative")
