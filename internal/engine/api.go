@@ -113,7 +113,11 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest) (*api
 		return nil, fmt.Errorf("-token-secret: %w", err)
 	}
 
-	leases, err := matcher.NewLeases(a.rdb, matcher.DefaultLeaseConfig())
+	lc := matcher.DefaultLeaseConfig()
+	if a.mini != nil {
+		lc.OpTimeout = time.Second // in-process: slow means busy, not down (see embeddedRedisOptions)
+	}
+	leases, err := matcher.NewLeases(a.rdb, lc)
 	if err != nil {
 		return nil, err
 	}
