@@ -237,7 +237,7 @@ func runMatchE2E(ctx context.Context, env Env) ([]Result, error) {
 		OffersPerS: round(float64(offers) / elapsed.Seconds()),
 		Ops:        int64(len(t.samples)), Seconds: round(elapsed.Seconds()),
 		Errors: errs,
-		Note: fmt.Sprintf("request-to-offer at the driver's WebSocket; %d drivers on WebSockets, %d over HTTP (en_route/on_trip); "+
+		Note: fmt.Sprintf("request-to-offer at the driver's WebSocket (p50/p99 of the offered rides only: see errors); %d drivers on WebSockets, %d over HTTP (en_route/on_trip); "+
 			"positions %.0f/s (every driver every %v); %d requested, %d created; errors: %d HTTP, %d no offer in %v, %d skipped, %d driver frames, %d position posts; "+
 			"%d declines, %d trips completed, %d trip steps retried; sender lag p99 %.1f ms; engine: %s",
 			w, len(r.http), positionsPerS, env.Refresh, r.requested.Load(), r.created.Load(), r.httpErrs.Load(), noOffer, e2eDrain, r.skipped.Load(),

@@ -34,8 +34,9 @@ func TestMixedWorkload(t *testing.T) {
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			t.Fatalf("line %q: %v", sc.Text(), err)
 		}
-		// Nine moves to one query, whichever system ran them.
-		if r.Workload != "mixed" || r.QueriesPerS <= 0 || r.UpdatesPerS < 8.9*r.QueriesPerS || r.UpdatesPerS > 9.1*r.QueriesPerS {
+		// Nine moves to one query, whichever system ran them (near 9:1 for
+		// a short run: at least one batch of 64).
+		if r.Workload != "mixed" || r.Ops < 64 || r.QueriesPerS <= 0 || r.UpdatesPerS < 8*r.QueriesPerS || r.UpdatesPerS > 10*r.QueriesPerS {
 			t.Fatalf("result %+v", r)
 		}
 		systems[r.System]++

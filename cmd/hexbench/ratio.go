@@ -58,11 +58,11 @@ func printRatios(w io.Writer, results []Result) {
 			ours[k] = r
 			continue
 		}
+		// The best peer has the higher rate (for mixed, the total: updates
+		// and queries come in a fixed proportion, so it is also the higher
+		// of each) or the smaller memory.
 		b, ok := best[k]
 		if !ok || r.OpsPerS > b.OpsPerS || (r.BytesPerDriver > 0 && r.BytesPerDriver < b.BytesPerDriver) {
-			// The best peer is the one with the higher total rate: for
-			// mixed, updates and queries come in a fixed proportion, so
-			// that is also the higher of each.
 			best[k] = r
 		}
 	}
