@@ -74,6 +74,11 @@ type DispatcherConfig struct {
 	// MaxTrip is how long a ride may stay in_trip before the sweep expires
 	// it and releases the driver. Zero means the default, 6 h.
 	MaxTrip time.Duration
+	// FanOut is how many drivers one round offers the ride to at once
+	// (each reserved by its own lease); the first to accept wins and the
+	// others get offer_cancelled. 0 or 1 offers to one driver at a time.
+	// MaxOffers counts rounds.
+	FanOut int
 }
 
 // Defaults of the expiry of abandoned trips.
@@ -97,6 +102,9 @@ func (c DispatcherConfig) Validate() error {
 	if c.Store == nil || c.Finder == nil || c.Leases == nil || c.Notifier == nil || c.Now == nil || c.Logger == nil {
 		return errors.New("dispatcher config: Store, Finder, Leases, Notifier, Now and Logger are required")
 	}
+	if c.FanOut < 0 || c.FanOut > 16 {
+		return fmt.Errorf("dispatcher config: FanOut %d: want 0 to 16", c.FanOut)
+	}
 	if c.OfferTimeout <= 0 || c.MaxOffers < 1 || c.SearchDeadline <= 0 || c.RetryEvery <= 0 || c.MaxActive < 1 {
 		return fmt.Errorf("dispatcher config: OfferTimeout, SearchDeadline, RetryEvery > 0 and MaxOffers, MaxActive >= 1 (got %+v)", c)
 	}
@@ -116,6 +124,25 @@ type answer struct {
 type search struct {
 	cancel  context.CancelFunc
 	answers chan answer
+
+	mu      sync.Mutex
+	offered map[positions.DriverID]bool // the current round's drivers
+}
+
+// setOffered records the drivers of the current round (nil: none).
+func (s *search) setOffered(round []Offer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.offered = make(map[positions.DriverID]bool, len(round))
+	for _, o := range round {
+		s.offered[o.Driver] = true
+	}
+}
+
+func (s *search) isOffered(d positions.DriverID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.offered[d]
 }
 
 // DispatcherStats counts what a Dispatcher did.
@@ -188,7 +215,7 @@ func (d *Dispatcher) Close() {
 // Start begins the search for ride r (state requested).
 func (d *Dispatcher) Start(r Ride) error {
 	ctx, cancel := context.WithTimeout(d.base, d.cfg.SearchDeadline)
-	s := &search{cancel: cancel, answers: make(chan answer, 1)}
+	s := &search{cancel: cancel, answers: make(chan answer, max(1, d.cfg.FanOut))}
 	d.searchesMu.Lock()
 	_, dup := d.searches[r.ID]
 	switch {
@@ -240,7 +267,7 @@ func (d *Dispatcher) Answer(id RideID, driver positions.DriverID, accept bool) b
 	d.searchesMu.Lock()
 	s, ok := d.searches[id]
 	d.searchesMu.Unlock()
-	if !ok {
+	if !ok || !s.isOffered(driver) {
 		return false
 	}
 	select {
@@ -249,6 +276,15 @@ func (d *Dispatcher) Answer(id RideID, driver positions.DriverID, accept bool) b
 	default:
 		return false // an answer is already pending
 	}
+}
+
+// Offered reports whether driver holds a current offer of ride id in this
+// process (with fan-out, a ride is offered to several drivers at once).
+func (d *Dispatcher) Offered(id RideID, driver positions.DriverID) bool {
+	d.searchesMu.Lock()
+	s, ok := d.searches[id]
+	d.searchesMu.Unlock()
+	return ok && s.isOffered(driver)
 }
 
 // Stop ends the search of ride id (the rider cancelled).
@@ -417,11 +453,12 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 			}
 		}
 		offers++
-		tried = append(tried, o.Driver)
+		round := d.fanOut(ctx, r, o, tried)
+		for _, x := range round {
+			tried = append(tried, x.Driver)
+		}
 		if _, err := d.apply(ctx, r.ID, Event{Kind: EvOffer, Driver: o.Driver}); err != nil {
-			fctx, cancel := finalCtx()
-			d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
-			cancel()
+			d.releaseAll(ctx, r.ID, round)
 			if errors.Is(err, ErrIllegalTransition) { // cancelled meanwhile
 				return
 			}
@@ -429,23 +466,30 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 			log.Warn("search: recording offer failed", "err", err)
 			continue
 		}
-		d.offers.Add(1)
+		d.offers.Add(uint64(len(round)))
 		if offers == 1 {
 			d.matchLatency.Observe(time.Since(started))
 		}
 		expires := d.cfg.Now().Add(d.cfg.OfferTimeout)
-		if !d.cfg.Notifier.Send(o.Driver, OfferMessage{Type: "offer", Ride: r.ID, Pickup: r.Pickup, Dropoff: r.Dropoff,
-			ETA: o.ETA.Seconds(), DistanceM: o.DistanceM, ExpiresAt: expires}) {
+		var live []Offer
+		for _, x := range round {
+			if d.cfg.Notifier.Send(x.Driver, OfferMessage{Type: "offer", Ride: r.ID, Pickup: r.Pickup, Dropoff: r.Dropoff,
+				ETA: x.ETA.Seconds(), DistanceM: x.DistanceM, ExpiresAt: expires}) {
+				live = append(live, x)
+				continue
+			}
 			// The driver cannot see the offer (no WebSocket here, or its
 			// queue is full): do not make the rider wait the timeout.
 			d.timedOut.Add(1)
+			d.releaseAll(ctx, r.ID, []Offer{x})
+		}
+		if len(live) == 0 {
 			fctx, cancel := finalCtx()
-			d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
 			d.apply(fctx, r.ID, Event{Kind: EvOfferTimeout, Driver: o.Driver})
 			cancel()
 			continue
 		}
-		accepted, done := d.await(ctx, r, s, o, log)
+		accepted, done := d.await(ctx, r, s, o.Driver, live, log)
 		if accepted || done {
 			return
 		}
@@ -457,56 +501,105 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 	}
 }
 
-// await waits for the offered driver's answer. It returns accepted when the
-// ride is now the driver's, and done when the search must stop (cancel,
-// deadline); otherwise the caller offers the next driver.
-func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, o Offer, log *slog.Logger) (accepted, done bool) {
+// fanOut reserves up to FanOut-1 more drivers beside first, the next
+// best ones, for one round of offers; first comes first.
+func (d *Dispatcher) fanOut(ctx context.Context, r Ride, first Offer, tried []positions.DriverID) []Offer {
+	round := []Offer{first}
+	exclude := append(append([]positions.DriverID(nil), tried...), first.Driver)
+	for len(round) < d.cfg.FanOut {
+		m, err := d.cfg.Finder.Match(ctx, matcher.MatchRequest{Ride: matcher.RideID(r.ID), Pickup: r.Pickup, Exclude: exclude})
+		if err != nil {
+			break // nobody else free (or trouble): offer to those we have
+		}
+		round = append(round, Offer{Driver: m.Driver.ID, Token: m.Token, ETA: m.ETA, DistanceM: m.Driver.DistanceM})
+		exclude = append(exclude, m.Driver.ID)
+	}
+	return round
+}
+
+// releaseAll lets the drivers of offers go, with a context that outlives
+// a cancelled search.
+func (d *Dispatcher) releaseAll(ctx context.Context, id RideID, offers []Offer) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	for _, o := range offers {
+		d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(id), o.Token)
+	}
+}
+
+// await waits for the answers to one round of offers (primary is the
+// driver the ride records as offered). The first accept wins and the rest
+// of the round gets offer_cancelled; the round ends in decline when every
+// driver declined, and in timeout when the timer fires first. It reports
+// accepted, and done when the search is over either way.
+func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, primary positions.DriverID, round []Offer, log *slog.Logger) (accepted, done bool) {
+	pending := make(map[positions.DriverID]Offer, len(round))
+	for _, o := range round {
+		pending[o.Driver] = o
+	}
+	s.setOffered(round)
+	defer s.setOffered(nil)
 	timer := time.NewTimer(d.cfg.OfferTimeout)
 	defer timer.Stop()
-	release := func(kind EventKind) {
+	// step records the round's outcome on the ride, even when the search
+	// was cancelled.
+	step := func(kind EventKind) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
-		if kind != 0 {
-			d.apply(fctx, r.ID, Event{Kind: kind, Driver: o.Driver})
+		d.apply(fctx, r.ID, Event{Kind: kind, Driver: primary})
+	}
+	// dropAll releases every pending driver and tells them msg.
+	dropAll := func(msg string) {
+		for id, o := range pending {
+			d.releaseAll(ctx, r.ID, []Offer{o})
+			d.cfg.Notifier.Send(id, map[string]any{"type": msg, "ride": r.ID})
 		}
+		clear(pending)
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			// Back to searching first, so the deadline can end the ride as
-			// no_driver; after a rider's cancel both writes are refused.
+			// no_driver; after a rider's cancel the write is refused.
+			dropAll("offer_cancelled")
 			if d.base.Err() == nil {
-				release(EvOfferTimeout)
-			} else {
-				release(0)
+				step(EvOfferTimeout)
 			}
-			d.cfg.Notifier.Send(o.Driver, map[string]any{"type": "offer_cancelled", "ride": r.ID})
 			d.end(r.ID, log)
 			return false, true
 		case <-timer.C:
-			d.timedOut.Add(1)
-			release(EvOfferTimeout)
-			d.cfg.Notifier.Send(o.Driver, map[string]any{"type": "offer_expired", "ride": r.ID})
+			d.timedOut.Add(uint64(len(pending)))
+			dropAll("offer_expired")
+			step(EvOfferTimeout)
 			return false, false
 		case a := <-s.answers:
-			if a.driver != o.Driver {
-				continue // not the offered driver: ignore
+			o, ok := pending[a.driver]
+			if !ok {
+				continue // not a driver of this round: ignore
 			}
+			delete(pending, a.driver)
 			if !a.accept {
 				d.declined.Add(1)
-				release(EvDecline)
+				d.releaseAll(ctx, r.ID, []Offer{o})
+				if len(pending) > 0 {
+					continue
+				}
+				step(EvDecline)
 				return false, false
 			}
 			// The ride commits only while the token is current.
 			if err := d.cfg.Leases.Commit(ctx, o.Driver, matcher.RideID(r.ID), o.Token); err != nil {
 				d.timedOut.Add(1)
 				log.Info("accept came after the lease was lost", "driver", o.Driver, "err", err)
-				release(EvOfferTimeout)
+				d.releaseAll(ctx, r.ID, []Offer{o})
+				if len(pending) > 0 {
+					continue
+				}
+				step(EvOfferTimeout)
 				return false, false
 			}
 			actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			_, err := d.apply(actx, r.ID, Event{Kind: EvAccept, Driver: o.Driver, Token: int64(o.Token)})
+			_, err := d.apply(actx, r.ID, Event{Kind: EvAccept, Driver: o.Driver, Token: int64(o.Token), FanOut: o.Driver != primary})
 			if err != nil {
 				// An error can hide a write that landed (its reply lost):
 				// keep the trip lock if the ride says it is this driver's.
@@ -517,10 +610,12 @@ func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, o Offer, log 
 			acancel()
 			if err != nil {
 				d.errs.Add(1)
-				release(0)
+				d.releaseAll(ctx, r.ID, []Offer{o})
+				dropAll("offer_cancelled")
 				log.Warn("recording accept failed", "err", err)
 				return false, true
 			}
+			dropAll("offer_cancelled") // the rest of the round lost the race
 			d.accepted.Add(1)
 			return true, true
 		}

@@ -29,12 +29,13 @@ type engine struct {
 	signer  *dispatch.Signer
 	store   *dispatch.RideStore
 	disp    *dispatch.Dispatcher
+	worker  *positions.Worker
 }
 
 // newEngine wires the whole ride path in one process: the driver gateway
 // publishes to kfake, a worker indexes the partitions, the dispatcher
 // gathers from the worker and reserves in a real Redis.
-func newEngine(t *testing.T, offerTimeout time.Duration) *engine {
+func newEngine(t *testing.T, offerTimeout time.Duration, tune ...func(*dispatch.DispatcherConfig)) *engine {
 	t.Helper()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	const parts = 4
@@ -93,6 +94,9 @@ func newEngine(t *testing.T, offerTimeout time.Duration) *engine {
 	}
 	xc.Store, xc.Finder, xc.Leases, xc.Notifier, xc.Logger = store, greedy, leases, drivers, quiet
 	xc.OfferTimeout, xc.RetryEvery, xc.SearchDeadline = offerTimeout, 50*time.Millisecond, 20*time.Second
+	for _, f := range tune {
+		f(&xc)
+	}
 	disp, err := dispatch.NewDispatcher(xc)
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +133,7 @@ func newEngine(t *testing.T, offerTimeout time.Duration) *engine {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return &engine{srv: srv, drivers: drivers, signer: signer, store: store, disp: disp}
+	return &engine{srv: srv, drivers: drivers, signer: signer, store: store, disp: disp, worker: worker}
 }
 
 func (e *engine) tok(t *testing.T, sub string, role dispatch.Role) string {

@@ -134,7 +134,11 @@ type Event struct {
 	// Token is the driver's lease token, recorded on accept so the trip
 	// lock can be released when the ride ends.
 	Token int64
-	At    time.Time
+	// FanOut marks an accept by a driver who got the offer as one of a
+	// fan-out round beside the driver the ride records: that driver takes
+	// the ride.
+	FanOut bool
+	At     time.Time
 }
 
 // Ride is a ride's read model.
@@ -191,6 +195,9 @@ func (r *Ride) Apply(ev Event) error {
 			return fmt.Errorf("%w: offer names no driver", ErrInvalidRide)
 		}
 	case EvAccept, EvDecline, EvOfferTimeout, EvArrive, EvStart, EvComplete, EvDriverCancel:
+		if ev.Kind == EvAccept && ev.FanOut && ev.Driver != "" {
+			break
+		}
 		if ev.Driver != r.Driver {
 			return fmt.Errorf("%w: %s by driver %q, but the ride's driver is %q", ErrIllegalTransition, ev.Kind, ev.Driver, r.Driver)
 		}
@@ -203,6 +210,7 @@ func (r *Ride) Apply(ev Event) error {
 		r.Driver = ""
 		r.Declines++
 	case EvAccept:
+		r.Driver = ev.Driver
 		r.LeaseToken = ev.Token
 	}
 	r.State = to

@@ -167,3 +167,27 @@ func TestRandomEventsNeverBreakTheMachine(t *testing.T) {
 		}
 	}
 }
+
+func TestFanOutAcceptReassignsTheDriver(t *testing.T) {
+	r, err := dispatch.NewRide("r1", "u1", geo.LatLng{Lat: 1, Lng: 1}, geo.LatLng{Lat: 2, Lng: 2}, time.Unix(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range []dispatch.Event{{Kind: dispatch.EvSearch}, {Kind: dispatch.EvOffer, Driver: "a"}} {
+		if err := r.Apply(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Apply(dispatch.Event{Kind: dispatch.EvAccept, Driver: "b"}); err == nil {
+		t.Fatal("accept by another driver without FanOut was applied")
+	}
+	if err := r.Apply(dispatch.Event{Kind: dispatch.EvAccept, Driver: "b", FanOut: true, Token: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if r.State != dispatch.Accepted || r.Driver != "b" || r.LeaseToken != 7 {
+		t.Fatalf("%+v", r)
+	}
+	if err := r.Apply(dispatch.Event{Kind: dispatch.EvArrive, Driver: "a"}); err == nil {
+		t.Fatal("the replaced driver stepped the ride")
+	}
+}

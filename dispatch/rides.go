@@ -286,7 +286,8 @@ func (h *Rides) DriverAction(ctx context.Context, driver positions.DriverID, id 
 	if err != nil {
 		return Ride{}, storeError(err)
 	}
-	if ride.Driver != driver {
+	if ride.Driver != driver && !((kind == EvAccept || kind == EvDecline) && ride.State == Offered &&
+		h.cfg.Dispatcher.Offered(ride.ID, driver)) { // a fan-out round's other drivers may answer too
 		return Ride{}, storeError(ErrRideNotFound) // not yours: as if absent
 	}
 	switch kind {

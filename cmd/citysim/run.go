@@ -36,7 +36,7 @@ type options struct {
 	failOnInvariants      bool
 	minMatchRate          float64
 	syntheticSpan         time.Duration
-	partitions            int
+	partitions, fanOut    int
 	shutdownTimeout       time.Duration
 }
 
@@ -60,6 +60,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.secret, "token-secret", os.Getenv("HEXD_TOKEN_SECRET"), "with -target: the engine's token secret")
 	fs.StringVar(&o.kafka, "kafka", "", "with -target: the engine's Kafka brokers, for the invariant check of ride events")
 	fs.StringVar(&o.policy, "policy", "greedy", "in-process engine: matching policy greedy | batched")
+	fs.IntVar(&o.fanOut, "fan-out", 1, "in-process engine: drivers offered a ride at once")
 	fs.IntVar(&o.partitions, "partitions", 16, "in-process engine: partitions of the positions topic")
 	fs.StringVar(&c.Placement, "placement", c.Placement, "where drivers start: demand (near past pickups) | uniform (over the bbox)")
 	fs.DurationVar(&c.Shift, "shift", 0, "each driver's shift length, starts staggered; 0 keeps every driver online the whole run")
@@ -245,7 +246,7 @@ func startTarget(ctx context.Context, o options, speed float64) (sim.Target, fun
 	ec.Addr, ec.TokenSecret, ec.Policy, ec.Partitions = "127.0.0.1:0", hex.EncodeToString(raw[:]), o.policy, o.partitions
 	ec.TTL, ec.OfferTimeout = scale(ec.TTL), scale(ec.OfferTimeout)
 	ec.SearchDeadline, ec.RetryEvery, ec.BatchWindow = scale(ec.SearchDeadline), scale(ec.RetryEvery), scale(ec.BatchWindow)
-	ec.ShutdownTimeout = o.shutdownTimeout
+	ec.ShutdownTimeout, ec.FanOut = o.shutdownTimeout, o.fanOut
 	log := slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ectx, cancel := context.WithCancel(ctx)
 	e, err := engine.New(ectx, ec, log)

@@ -32,6 +32,7 @@ type config struct {
 	offerTimeout    time.Duration
 	stallTimeout    time.Duration
 	maxTrip         time.Duration
+	fanOut          int
 	allowedOrigins  string // extra browser origins for the driver WebSocket
 	rpcAddr         string // worker query RPC listen address (role worker with -redis)
 	policy          string // default matching policy
@@ -56,6 +57,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.offerTimeout, "offer-timeout", 10*time.Second, "how long a driver has to answer an offer before the next candidate gets it")
 	fs.DurationVar(&c.stallTimeout, "stall-timeout", dispatch.DefaultStallTimeout, "an accepted or arrived ride whose driver takes no next step for this long expires, freeing the driver")
 	fs.DurationVar(&c.maxTrip, "max-trip", dispatch.DefaultMaxTrip, "a ride in_trip for this long expires, freeing the driver")
+	fs.IntVar(&c.fanOut, "fan-out", 1, "offer each ride to this many of the best free drivers at once; the first to accept wins, the others get offer_cancelled")
 	fs.StringVar(&c.rpcAddr, "rpc-addr", "127.0.0.1:0", "role worker with -redis: listen address of the internal query RPC that api processes call (published in Redis; port 0 picks one)")
 	fs.StringVar(&c.policy, "policy", "greedy", "default matching policy: greedy | batched (ops switch it per region at /v1/ops/policy)")
 	fs.DurationVar(&c.batchWindow, "batch-window", 2*time.Second, "how long the batched policy collects a region's requests before planning them")
@@ -95,6 +97,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.stallTimeout < time.Minute || c.maxTrip < time.Minute {
 		return c, fmt.Errorf("-stall-timeout %v and -max-trip %v: want at least 1m", c.stallTimeout, c.maxTrip)
+	}
+	if c.fanOut < 1 || c.fanOut > 16 {
+		return c, fmt.Errorf("-fan-out %d: want 1 to 16", c.fanOut)
 	}
 	if c.shutdownTimeout <= 0 {
 		return c, fmt.Errorf("-shutdown-timeout %v: must be positive", c.shutdownTimeout)
@@ -167,7 +172,7 @@ func (c config) engineConfig() engine.Config {
 	ec.Kafka = splitList(c.kafka)
 	ec.Partitions, ec.TTL, ec.SessionTimeout = c.partitions, c.ttl, c.sessionTimeout
 	ec.Redis, ec.TokenSecret, ec.OfferTimeout = c.redis, c.tokenSecret, c.offerTimeout
-	ec.StallTimeout, ec.MaxTrip = c.stallTimeout, c.maxTrip
+	ec.StallTimeout, ec.MaxTrip, ec.FanOut = c.stallTimeout, c.maxTrip, c.fanOut
 	ec.AllowedOrigins = splitList(c.allowedOrigins)
 	ec.RPCAddr, ec.Policy, ec.BatchWindow = c.rpcAddr, c.policy, c.batchWindow
 	return ec

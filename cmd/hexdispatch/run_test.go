@@ -91,6 +91,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"-batch-window", "2h"},
 		{"-stall-timeout", "10s"},
 		{"-max-trip", "0s"},
+		{"-fan-out", "0"},
 		{"-role", "api"}, // needs -kafka and -redis
 		{"extra"},
 		{"-nosuchflag"},

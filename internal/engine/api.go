@@ -178,7 +178,7 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest) (*api
 	xc := dispatch.DefaultDispatcherConfig()
 	xc.Store, xc.Leases, xc.Notifier, xc.Relay, xc.Logger = store, leases, a.drivers, a.relay, quietLog
 	xc.OfferTimeout, xc.SearchDeadline, xc.RetryEvery = cfg.OfferTimeout, cfg.SearchDeadline, cfg.RetryEvery
-	xc.StallTimeout, xc.MaxTrip = cfg.StallTimeout, cfg.MaxTrip
+	xc.StallTimeout, xc.MaxTrip, xc.FanOut = cfg.StallTimeout, cfg.MaxTrip, cfg.FanOut
 	gr := matcher.DefaultGreedyConfig()
 	gr.OfferTTL = cfg.OfferTimeout + 2*time.Second // the lease outlives the offer a little
 	greedy, err := matcher.NewGreedy(g, leases, gr)

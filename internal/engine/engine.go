@@ -45,6 +45,7 @@ type Config struct {
 	RetryEvery      time.Duration // pause between empty searches
 	StallTimeout    time.Duration // an accepted or arrived ride without a next step expires after this
 	MaxTrip         time.Duration // an in_trip ride expires after this
+	FanOut          int           // drivers offered a ride at once (first accept wins); 0 or 1 = one
 	AllowedOrigins  []string      // extra browser origins for the driver WebSocket
 	RPCAddr         string        // worker query RPC listen address (role worker with Redis)
 	Policy          string        // default matching policy: greedy | batched
@@ -62,7 +63,7 @@ func DefaultConfig() Config {
 		TTL: 30 * time.Second, SessionTimeout: 3 * time.Second, OfferTimeout: d.OfferTimeout,
 		SearchDeadline: d.SearchDeadline, RetryEvery: d.RetryEvery, StallTimeout: d.StallTimeout, MaxTrip: d.MaxTrip,
 		RPCAddr: "127.0.0.1:0",
-		Policy: "greedy", BatchWindow: 2 * time.Second, RiderRate: 5, RiderBurst: 20}
+		Policy:  "greedy", BatchWindow: 2 * time.Second, RiderRate: 5, RiderBurst: 20}
 }
 
 // withDefaults fills the zero fields of c from DefaultConfig.
@@ -117,6 +118,8 @@ func (c Config) Validate() error {
 	case c.TTL < 0 || c.SessionTimeout < 0 || c.OfferTimeout < 0 || c.SearchDeadline < 0 ||
 		c.RetryEvery < 0 || c.BatchWindow < 0 || c.ShutdownTimeout < 0 || c.StallTimeout < 0 || c.MaxTrip < 0:
 		return errors.New("durations must not be negative")
+	case c.FanOut < 0 || c.FanOut > 16:
+		return fmt.Errorf("fan-out %d: want 1 to 16", c.FanOut)
 	case c.RiderRate < 0 || c.RiderBurst < 0:
 		return errors.New("rider rate and burst must not be negative")
 	}
