@@ -92,14 +92,30 @@ func (d *simDriver) run(ctx context.Context, c *city, end time.Duration) {
 		return
 	}
 	d.token = tok
+	now := c.clock.Now()
+	d.onlineAt, d.idleSince = now, now
+	defer d.goOffline(c)
+	// A lost connection is redialled, as a driver app would.
+	for !d.session(ctx, c, end) {
+		d.connErrs++
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// session runs one WebSocket connection until the shift ends (true) or
+// the connection fails (false).
+func (d *simDriver) session(ctx context.Context, c *city, end time.Duration) bool {
 	wsURL := "ws" + strings.TrimPrefix(c.target.BaseURL, "http") + "/v1/drivers/ws"
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	conn, _, err := websocket.Dial(dctx, wsURL, &websocket.DialOptions{HTTPClient: c.http,
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + tok}}})
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + d.token}}})
 	cancel()
 	if err != nil {
-		d.connErrs++
-		return
+		return ctx.Err() != nil
 	}
 	inbox := make(chan inMsg, 32)
 	rctx, stopReader := context.WithCancel(ctx)
@@ -124,22 +140,20 @@ func (d *simDriver) run(ctx context.Context, c *city, end time.Duration) {
 			}
 		}
 	}()
-	now := c.clock.Now()
-	d.onlineAt, d.idleSince = now, now
 	defer func() {
-		d.goOffline(c)
 		stopReader()
 		conn.CloseNow()
 		wg.Wait()
 	}()
+	now := c.clock.Now()
 	if err := d.report(ctx, c, conn, now); err != nil {
-		return
+		return ctx.Err() != nil
 	}
 	nextPing := now + d.jitterPing(c)
 	for {
 		now = c.clock.Now()
 		if now >= d.shiftEnd && d.state == idle && d.pending == nil {
-			return
+			return true
 		}
 		if p := d.pending; p != nil && now >= p.answerAt {
 			d.answer(ctx, c, p, now)
@@ -178,7 +192,7 @@ func (d *simDriver) run(ctx context.Context, c *city, end time.Duration) {
 		}
 		if now >= nextPing {
 			if err := d.report(ctx, c, conn, now); err != nil {
-				return
+				return ctx.Err() != nil
 			}
 			nextPing = max(nextPing+c.cfg.Ping, now)
 		}
@@ -200,12 +214,11 @@ func (d *simDriver) run(ctx context.Context, c *city, end time.Duration) {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return
+			return true
 		case m, ok := <-inbox:
 			t.Stop()
 			if !ok {
-				d.connErrs++
-				return
+				return ctx.Err() != nil // the connection dropped
 			}
 			d.handle(ctx, c, m)
 		case <-t.C:
@@ -382,10 +395,7 @@ func (d *simDriver) report(ctx context.Context, c *city, conn *websocket.Conn, n
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := conn.Write(wctx, websocket.MessageText, b); err != nil {
-		if ctx.Err() == nil {
-			d.connErrs++
-		}
-		return err
+		return err // counted by run, which redials
 	}
 	c.snaps.driver(now, d.idx, p, d.state != idle)
 	return nil

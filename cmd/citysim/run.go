@@ -221,6 +221,12 @@ func loadDemand(o *options, cfg *sim.CityConfig, stderr io.Writer) error {
 	return cfg.Validate()
 }
 
+// Wall-time floors of the scaled engine timeouts (see startTarget).
+const (
+	ttlFloor   = 10 * time.Second
+	offerFloor = 2 * time.Second
+)
+
 // startTarget starts the in-process engine, or prepares the remote one.
 // The returned stop ends the engine and waits for it.
 func startTarget(ctx context.Context, o options, speed float64) (sim.Target, func() error, error) {
@@ -244,7 +250,12 @@ func startTarget(ctx context.Context, o options, speed float64) (sim.Target, fun
 	ec := engine.DefaultConfig()
 	scale := func(d time.Duration) time.Duration { return time.Duration(float64(d) / speed) }
 	ec.Addr, ec.TokenSecret, ec.Policy, ec.Partitions = "127.0.0.1:0", hex.EncodeToString(raw[:]), o.policy, o.partitions
-	ec.TTL, ec.OfferTimeout = scale(ec.TTL), scale(ec.OfferTimeout)
+	// The system's own latencies (GPS ingest, HTTP round trips) do not
+	// scale with the replay: the TTL and the offer timeout keep a floor of
+	// wall time so a busy machine does not expire live drivers or time out
+	// answers already sent. Simulated drivers go offline explicitly and
+	// always answer, so the floors rarely decide anything else.
+	ec.TTL, ec.OfferTimeout = max(scale(ec.TTL), ttlFloor), max(scale(ec.OfferTimeout), offerFloor)
 	ec.SearchDeadline, ec.RetryEvery, ec.BatchWindow = scale(ec.SearchDeadline), scale(ec.RetryEvery), scale(ec.BatchWindow)
 	ec.ShutdownTimeout, ec.FanOut = o.shutdownTimeout, o.fanOut
 	log := slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelWarn}))
