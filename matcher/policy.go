@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +31,37 @@ func (p Policy) Valid() bool { return p == PolicyGreedy || p == PolicyBatched }
 type PolicyStats struct {
 	Requests, Matched, NoDriver, Errors uint64
 	ETASum                              time.Duration // of the matched
+	// ETACounts[i] counts matched requests whose pickup ETA is at most
+	// ETABuckets[i] (and above the bucket before); the last counts the
+	// rest.
+	ETACounts [len(ETABuckets) + 1]uint64
+}
+
+// ETABuckets are the upper bounds of the pickup-ETA histogram of each
+// policy (its p90 is read from them).
+var ETABuckets = [...]time.Duration{30 * time.Second, time.Minute, 90 * time.Second, 2 * time.Minute,
+	3 * time.Minute, 4 * time.Minute, 5 * time.Minute, 7 * time.Minute, 10 * time.Minute, 15 * time.Minute, 20 * time.Minute}
+
+// ETAQuantile returns the upper bound of the bucket holding quantile q of
+// the matched requests' pickup ETAs (0 with none; the last bucket reads as
+// its lower bound).
+func (s PolicyStats) ETAQuantile(q float64) time.Duration {
+	var total uint64
+	for _, n := range s.ETACounts {
+		total += n
+	}
+	if total == 0 {
+		return 0
+	}
+	rank := uint64(math.Ceil(q * float64(total)))
+	var cum uint64
+	for i, n := range s.ETACounts {
+		cum += n
+		if cum >= rank && i < len(ETABuckets) {
+			return ETABuckets[i]
+		}
+	}
+	return ETABuckets[len(ETABuckets)-1]
 }
 
 // Switch routes each request to the policy of its region (its shard cell):
@@ -50,6 +83,7 @@ type Switch struct {
 
 type policyCounters struct {
 	requests, matched, noDriver, errs, eta atomic.Uint64
+	etaCounts                              [len(ETABuckets) + 1]atomic.Uint64
 }
 
 // NewSwitch returns a Switch with default policy def.
@@ -131,6 +165,8 @@ func (s *Switch) Match(ctx context.Context, req MatchRequest) (Match, error) {
 	case err == nil:
 		c.matched.Add(1)
 		c.eta.Add(uint64(m.ETA))
+		i, _ := slices.BinarySearch(ETABuckets[:], m.ETA)
+		c.etaCounts[i].Add(1)
 	case errors.Is(err, ErrNoDriver):
 		c.noDriver.Add(1)
 	default:
@@ -145,8 +181,12 @@ func (s *Switch) Stats(p Policy) PolicyStats {
 	if !ok {
 		return PolicyStats{}
 	}
-	return PolicyStats{Requests: c.requests.Load(), Matched: c.matched.Load(), NoDriver: c.noDriver.Load(),
+	st := PolicyStats{Requests: c.requests.Load(), Matched: c.matched.Load(), NoDriver: c.noDriver.Load(),
 		Errors: c.errs.Load(), ETASum: time.Duration(c.eta.Load())}
+	for i := range st.ETACounts {
+		st.ETACounts[i] = c.etaCounts[i].Load()
+	}
+	return st
 }
 
 // Batcher returns the batched policy, for its window statistics.

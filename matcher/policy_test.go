@@ -63,3 +63,17 @@ func TestSwitchRoutesByRegion(t *testing.T) {
 		t.Fatalf("policies %s %v", def, over)
 	}
 }
+
+func TestETAQuantile(t *testing.T) {
+	var st matcher.PolicyStats
+	if st.ETAQuantile(0.9) != 0 {
+		t.Fatal("no sample")
+	}
+	// 10 matches: 5 within 30 s, 4 within 2 min, 1 beyond 20 min.
+	st.ETACounts[0], st.ETACounts[3], st.ETACounts[len(matcher.ETABuckets)] = 5, 4, 1
+	for q, want := range map[float64]time.Duration{0.5: 30 * time.Second, 0.9: 2 * time.Minute, 0.99: 20 * time.Minute} {
+		if got := st.ETAQuantile(q); got != want {
+			t.Errorf("q%v = %v, want %v", q, got, want)
+		}
+	}
+}

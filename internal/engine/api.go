@@ -299,6 +299,7 @@ var (
 	descRideStates      = prometheus.NewDesc("hexd_ride_transitions_total", "Rides this process moved into each state.", []string{"state"}, nil)
 	descWSConns         = prometheus.NewDesc("hexd_gateway_websockets", "Driver WebSockets open.", nil, nil)
 	descPolicyRequests  = prometheus.NewDesc("hexd_match_requests_total", "Match requests by policy and result.", []string{"policy", "result"}, nil)
+	descPolicyETAHist   = prometheus.NewDesc("hexd_match_pickup_eta_seconds", "Pickup ETA of matched requests, by policy (read p90 with histogram_quantile).", []string{"policy"}, nil)
 	descPolicyETA       = prometheus.NewDesc("hexd_match_eta_seconds_sum", "Sum of the pickup ETAs of matched requests, by policy (divide by matched for the mean).", []string{"policy"}, nil)
 	descBatchWindows    = prometheus.NewDesc("hexd_batch_windows_total", "Batched-policy windows planned.", nil, nil)
 	descBatchRiders     = prometheus.NewDesc("hexd_batch_riders_total", "Riders in batched windows (divide by windows for the mean window size).", nil, nil)
@@ -333,6 +334,13 @@ func (c apiCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descPolicyRequests, prometheus.CounterValue, float64(v), string(p), result)
 		}
 		ch <- prometheus.MustNewConstMetric(descPolicyETA, prometheus.CounterValue, st.ETASum.Seconds(), string(p))
+		buckets := make(map[float64]uint64, len(matcher.ETABuckets))
+		var cum uint64
+		for i, ub := range matcher.ETABuckets {
+			cum += st.ETACounts[i]
+			buckets[ub.Seconds()] = cum
+		}
+		ch <- prometheus.MustNewConstHistogram(descPolicyETAHist, st.Matched, st.ETASum.Seconds(), buckets, string(p))
 	}
 	ch <- histogram(descMatchLatency, c.a.disp.MatchLatency())
 	for st := dispatch.Requested; st.Valid(); st++ {
