@@ -166,6 +166,7 @@ func runMatchE2E(ctx context.Context, env Env) ([]Result, error) {
 		return nil, err
 	}
 	defer cleanup()
+	rev := engineRevision(ctx) // the tree may move on while the run goes
 	base, stop, err := startEngine(ctx, bin, "-partitions", "16", "-ttl", (3 * env.Refresh).String())
 	if err != nil {
 		return nil, err
@@ -239,9 +240,9 @@ func runMatchE2E(ctx context.Context, env Env) ([]Result, error) {
 		Errors: errs,
 		Note: fmt.Sprintf("request-to-offer at the driver's WebSocket (p50/p99 of the offered rides only: see errors); %d drivers on WebSockets, %d over HTTP (en_route/on_trip); "+
 			"positions %.0f/s (every driver every %v); %d requested, %d created; errors: %d HTTP, %d no offer in %v, %d skipped, %d driver frames, %d position posts; "+
-			"%d declines, %d trips completed, %d trip steps retried; sender lag p99 %.1f ms; engine: %s",
+			"%d declines, %d trips completed, %d trip steps retried; sender lag p99 %.1f ms; engine %s: %s",
 			w, len(r.http), positionsPerS, env.Refresh, r.requested.Load(), r.created.Load(), r.httpErrs.Load(), noOffer, e2eDrain, r.skipped.Load(),
-			r.driverErrs.Load(), r.positionErrs.Load(), r.declined.Load(), r.trips.Load(), r.retries.Load(), lag.Percentile(99)/1e3, engineStats),
+			r.driverErrs.Load(), r.positionErrs.Load(), r.declined.Load(), r.trips.Load(), r.retries.Load(), lag.Percentile(99)/1e3, rev, engineStats),
 	}
 	return []Result{res}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"strings"
 	"testing"
 	"time"
 )
@@ -34,5 +35,8 @@ func TestMatchE2EWorkload(t *testing.T) {
 	// one made it, with its latency measured at the driver.
 	if r.Ops == 0 || r.OpsPerS <= 0 || r.OffersPerS <= 0 || r.P50us <= 0 || r.P99us < r.P50us {
 		t.Fatalf("result %+v: want offered rides with latencies", r)
+	}
+	if !strings.Contains(r.Note, "engine ") {
+		t.Fatalf("note %q does not name the engine's revision", r.Note)
 	}
 }

@@ -43,6 +43,7 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 		return nil, err
 	}
 	defer cleanup()
+	rev := engineRevision(ctx) // the tree may move on while the run goes
 	base, stop, err := startEngine(ctx, bin)
 	if err != nil {
 		return nil, err
@@ -114,7 +115,8 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 		System: "hexdispatch", Workload: "ws-conns", Drivers: n,
 		BytesPerDriver: round(float64(after-before) / float64(n)),
 		Seconds:        round(dial.Seconds()),
-		Note:           fmt.Sprintf("server heap + goroutine stacks per idle driver WebSocket; seconds = time to open them all from %d source addresses", dialer.SourceAddrs()),
+		Note: fmt.Sprintf("server heap + goroutine stacks per idle driver WebSocket; seconds = time to open them all from %d source addresses; engine %s",
+			dialer.SourceAddrs(), rev),
 	}}, nil
 }
 
@@ -162,6 +164,23 @@ func buildEngine(ctx context.Context) (string, func(), error) {
 		return "", nil, fmt.Errorf("engine: building: %w\n%s", err, b)
 	}
 	return bin, func() { os.RemoveAll(dir) }, nil
+}
+
+// engineRevision names the commit of the module hexbench builds the engine
+// from ("-dirty" when tracked files had changes), so that a result says
+// which engine it measured. Read from git, since builds here may run with
+// -buildvcs=false.
+func engineRevision(ctx context.Context) string {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	mod := strings.TrimSpace(string(out))
+	if err != nil || mod == "" || mod == os.DevNull {
+		return "unknown"
+	}
+	rev, err := exec.CommandContext(ctx, "git", "-C", filepath.Dir(mod), "describe", "--always", "--dirty", "--abbrev=7").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(rev))
 }
 
 // startEngine runs the engine on a free loopback port and returns its base
