@@ -233,6 +233,10 @@ func TestCancelInEveryState(t *testing.T) {
 			if tt.at == dispatch.Offered {
 				awaitFrame(t, offers, "offer_cancelled", func(m map[string]any) bool { return m["type"] == "offer_cancelled" && m["ride"] == string(id) })
 			}
+			if tt.wantState == dispatch.CancelledByRider && tt.at > dispatch.Offered {
+				// The driver had accepted: its app is told the trip is off.
+				awaitFrame(t, offers, "ride_cancelled", func(m map[string]any) bool { return m["type"] == "ride_cancelled" && m["ride"] == string(id) })
+			}
 			// The driver is free: the next ride nearby is offered to it.
 			online(2)
 			code, next, raw := e.do(t, "POST", "/v1/rides", e.tok(t, fmt.Sprintf("cu%d-next", i), dispatch.RoleRider), body)

@@ -287,6 +287,12 @@ func (d *Dispatcher) Offered(id RideID, driver positions.DriverID) bool {
 	return ok && s.isOffered(driver)
 }
 
+// Notify sends msg to a driver connected to this process; it reports
+// whether the message was queued.
+func (d *Dispatcher) Notify(driver positions.DriverID, msg any) bool {
+	return d.cfg.Notifier.Send(driver, msg)
+}
+
 // Stop ends the search of ride id (the rider cancelled).
 func (d *Dispatcher) Stop(id RideID) {
 	d.searchesMu.Lock()

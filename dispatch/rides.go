@@ -255,6 +255,11 @@ func (h *Rides) cancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.cfg.Dispatcher.Stop(ride.ID)
+	if ended.LeaseToken != 0 && ended.Driver != "" {
+		// The driver had accepted: tell its app the trip is off. (A ride
+		// still on offer is withdrawn by its search, as offer_cancelled.)
+		h.cfg.Dispatcher.Notify(ended.Driver, map[string]any{"type": "ride_cancelled", "ride": ended.ID})
+	}
 	h.ended(r.Context(), ended)
 	writeJSON(w, http.StatusOK, view(ended))
 }
