@@ -30,6 +30,7 @@ type engine struct {
 	store   *dispatch.RideStore
 	disp    *dispatch.Dispatcher
 	worker  *positions.Worker
+	redis   *redistest.Server
 }
 
 // newEngine wires the whole ride path in one process: the driver gateway
@@ -61,7 +62,7 @@ func newEngine(t *testing.T, offerTimeout time.Duration, tune ...func(*dispatch.
 		t.Fatal(err)
 	}
 
-	rs := redistest.Start(t)
+	rs := redistest.StartWith(t, redistest.Options{AppendOnly: true}) // survives the fault tests' restarts
 	rdb := rs.Client(t)
 	leases, err := matcher.NewLeases(rdb, matcher.DefaultLeaseConfig())
 	if err != nil {
@@ -133,7 +134,7 @@ func newEngine(t *testing.T, offerTimeout time.Duration, tune ...func(*dispatch.
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return &engine{srv: srv, drivers: drivers, signer: signer, store: store, disp: disp, worker: worker}
+	return &engine{srv: srv, drivers: drivers, signer: signer, store: store, disp: disp, worker: worker, redis: rs}
 }
 
 func (e *engine) tok(t *testing.T, sub string, role dispatch.Role) string {
