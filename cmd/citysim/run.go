@@ -37,6 +37,7 @@ type options struct {
 	minMatchRate          float64
 	syntheticSpan         time.Duration
 	partitions, fanOut    int
+	batchWindow           time.Duration
 	shutdownTimeout       time.Duration
 }
 
@@ -60,6 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.secret, "token-secret", os.Getenv("HEXD_TOKEN_SECRET"), "with -target: the engine's token secret")
 	fs.StringVar(&o.kafka, "kafka", "", "with -target: the engine's Kafka brokers, for the invariant check of ride events")
 	fs.StringVar(&o.policy, "policy", "greedy", "in-process engine: matching policy greedy | batched")
+	fs.DurationVar(&o.batchWindow, "batch-window", 2*time.Second, "in-process engine, -policy batched: how long a region collects requests before planning them (simulated)")
 	fs.IntVar(&o.fanOut, "fan-out", 1, "in-process engine: drivers offered a ride at once")
 	fs.IntVar(&o.partitions, "partitions", 16, "in-process engine: partitions of the positions topic")
 	fs.StringVar(&c.Placement, "placement", c.Placement, "where drivers start: demand (near past pickups) | uniform (over the bbox)")
@@ -91,6 +93,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.target != "" && len(o.secret) < dispatch.MinSecretLen {
 		return o, fmt.Errorf("-target needs -token-secret (or HEXD_TOKEN_SECRET) of at least %d bytes to mint tokens", dispatch.MinSecretLen)
+	}
+	if o.batchWindow <= 0 || o.batchWindow > 5*time.Minute {
+		return o, fmt.Errorf("-batch-window %v: want (0, 5m]", o.batchWindow)
 	}
 	if o.policy != "greedy" && o.policy != "batched" {
 		return o, fmt.Errorf("-policy %q: want greedy or batched", o.policy)
@@ -256,7 +261,7 @@ func startTarget(ctx context.Context, o options, speed float64) (sim.Target, fun
 	// answers already sent. Simulated drivers go offline explicitly and
 	// always answer, so the floors rarely decide anything else.
 	ec.TTL, ec.OfferTimeout = max(scale(ec.TTL), ttlFloor), max(scale(ec.OfferTimeout), offerFloor)
-	ec.SearchDeadline, ec.RetryEvery, ec.BatchWindow = scale(ec.SearchDeadline), scale(ec.RetryEvery), scale(ec.BatchWindow)
+	ec.SearchDeadline, ec.RetryEvery, ec.BatchWindow = scale(ec.SearchDeadline), scale(ec.RetryEvery), scale(o.batchWindow)
 	ec.ShutdownTimeout, ec.FanOut = o.shutdownTimeout, o.fanOut
 	log := slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ectx, cancel := context.WithCancel(ctx)
