@@ -270,7 +270,7 @@ func (c *city) progress(ctx context.Context, end time.Duration) {
 		frac = min(max(frac, 0), 1)
 		var reqs, created, matched, noDriver int
 		var lat []float64
-		c.track.count(func(t *tracker) {
+		c.track.locked(func(t *tracker) {
 			for _, r := range t.rides {
 				reqs++
 				if r.id != "" {
@@ -309,7 +309,7 @@ func (c *city) checkInvariants(ctx context.Context) (InvariantReport, error) {
 		}
 	}
 	seen := map[dispatch.RideID]dispatch.State{}
-	c.track.count(func(t *tracker) {
+	c.track.locked(func(t *tracker) {
 		for _, r := range t.rides {
 			if r.id != "" {
 				seen[r.id] = r.final

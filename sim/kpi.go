@@ -105,7 +105,7 @@ func (t *tracker) with(id dispatch.RideID, f func(*rideRec)) {
 	}
 }
 
-func (t *tracker) count(f func(t *tracker)) {
+func (t *tracker) locked(f func(t *tracker)) {
 	t.mu.Lock()
 	f(t)
 	t.mu.Unlock()
@@ -191,7 +191,8 @@ type Summary struct {
 	Invariants InvariantReport `json:"invariants"`
 	Timeline   []Minute        `json:"timeline"`
 
-	waitSample []float64 // wait until offer, for the report's histogram
+	waitSample   []float64 // wait until offer, for the report's histograms
+	pickupSample []float64 // wait until pickup
 }
 
 // summarise builds the Summary from the tracker.
@@ -257,7 +258,7 @@ func (t *tracker) summarise(s *Summary, from, to time.Duration) {
 		s.NoDriverRate = round3(float64(s.NoDriver) / float64(s.Created))
 	}
 	s.WaitUntilOfferS, s.WaitUntilPickupS = quantiles(waitOffer), quantiles(waitPickup)
-	s.waitSample = waitOffer
+	s.waitSample, s.pickupSample = waitOffer, waitPickup
 	s.PickupDistanceM, s.PickupETAS, s.RequestToOfferMS = quantiles(dist), quantiles(eta), quantiles(lat)
 	s.OffersDeclined, s.OffersTimedOut, s.OffersCancelled = t.declined, t.expired, t.cancelledOffers
 	s.OffersToBusy, s.ActionErrors, s.DriverErrors = t.busyOffers, t.actionErrors, t.driverErrors

@@ -111,7 +111,11 @@ func WriteReport(w io.Writer, s Summary, shots *Snapshots) error {
 		figs = append(figs, figure{Title: title, URI: template.URL(uri)})
 		return nil
 	}
-	p, err := waitHistogram(s)
+	p, err := histogram("Rider wait from request to pickup", s.pickupSample)
+	if err := add("Rider wait until pickup", p, err); err != nil {
+		return err
+	}
+	p, err = histogram("Rider wait from request to the first offer", s.waitSample)
 	if err := add("Rider wait until offer", p, err); err != nil {
 		return err
 	}
@@ -167,18 +171,16 @@ func pngURI(p *plot.Plot, w, h vg.Length) (string, error) {
 	return "data:image/png;base64," + base64.StdEncoding.EncodeToString(buf.Bytes()), nil
 }
 
-// waitHistogram plots the rider wait until the first offer, in seconds.
-// It is rebuilt from the quantiles when the raw sample is not kept: the
-// summary holds the timeline, so the histogram uses per-minute means.
-func waitHistogram(s Summary) (*plot.Plot, error) {
+// histogram plots a sample of seconds (nothing when it is empty).
+func histogram(title string, sample []float64) (*plot.Plot, error) {
 	p := plot.New()
-	p.Title.Text = "Rider wait until the first offer (simulated seconds)"
-	p.X.Label.Text = "seconds"
+	p.Title.Text = title
+	p.X.Label.Text = "simulated seconds"
 	p.Y.Label.Text = "rides"
-	if len(s.waitSample) == 0 {
+	if len(sample) == 0 {
 		return p, nil
 	}
-	h, err := plotter.NewHist(plotter.Values(s.waitSample), 40)
+	h, err := plotter.NewHist(plotter.Values(sample), 40)
 	if err != nil {
 		return nil, err
 	}

@@ -56,13 +56,16 @@ func (c *city) ride(ctx context.Context, r *rideRec) {
 		r.sentSim, r.sentWall = c.clock.Now(), time.Now()
 		status, retryAfter, err := c.postRide(ctx, tok, key, body, &ride)
 		r.status = status
-		if err == nil && status == http.StatusCreated || status == http.StatusOK {
+		if status == http.StatusCreated || status == http.StatusOK {
+			if err != nil {
+				return // a 2xx without a ride in it: nothing to follow
+			}
 			break
 		}
 		if ctx.Err() != nil || attempt == 2 || (status != http.StatusTooManyRequests && status != http.StatusServiceUnavailable && status != 0) {
 			return
 		}
-		c.track.count(func(t *tracker) { t.retries++ })
+		c.track.locked(func(t *tracker) { t.retries++ })
 		select {
 		case <-ctx.Done():
 			return
@@ -141,7 +144,7 @@ func (c *city) watch(ctx context.Context, tok string, r *rideRec) {
 }
 
 func (c *city) seen(r *rideRec, st dispatch.State) {
-	c.track.count(func(*tracker) { r.final = st })
+	c.track.locked(func(*tracker) { r.final = st })
 }
 
 func (c *city) getState(ctx context.Context, tok string, id dispatch.RideID) (dispatch.State, bool) {
