@@ -105,6 +105,7 @@ func (t *tracker) with(id dispatch.RideID, f func(*rideRec)) {
 	}
 }
 
+// locked runs f with the tracker locked.
 func (t *tracker) locked(f func(t *tracker)) {
 	t.mu.Lock()
 	f(t)
