@@ -301,6 +301,9 @@ func (b *Batcher) flush(ps []*pending) {
 				break
 			}
 			m.Driver, m.ETA, m.Token, err = cands[d], o.ETAs[k], tok, nil
+			// The candidate may have been gathered for another rider of the
+			// window: its distance is to this rider's pickup.
+			m.Driver.DistanceM = geo.DistanceM(m.Driver.Pos, p.req.Pickup)
 			b.assigned.Add(1)
 			break
 		}

@@ -3,6 +3,7 @@ package matcher_test
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -102,6 +103,14 @@ func TestBatcherBeatsGreedyOnCrossing(t *testing.T) {
 	got := matchAll(t, b, matcher.MatchRequest{Ride: "r1", Pickup: x.r1}, matcher.MatchRequest{Ride: "r2", Pickup: x.r2})
 	if got["r1"].Driver.ID != "d2" || got["r2"].Driver.ID != "d1" {
 		t.Fatalf("batched: r1 <- %s, r2 <- %s; want d2, d1", got["r1"].Driver.ID, got["r2"].Driver.ID)
+	}
+	// Each match's distance is to its own rider's pickup, whichever
+	// rider's gather found the driver.
+	for ride, pickup := range map[matcher.RideID]geo.LatLng{"r1": x.r1, "r2": x.r2} {
+		m := got[ride]
+		if want := geo.DistanceM(m.Driver.Pos, pickup); math.Abs(m.Driver.DistanceM-want) > 0.01 {
+			t.Errorf("%s: distance %.1f m, want %.1f m to its pickup", ride, m.Driver.DistanceM, want)
+		}
 	}
 	st := b.Stats()
 	if st.Windows != 1 || st.Riders != 2 || st.Assigned != 2 || st.GreedyETA <= st.BatchedETA {
