@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -58,6 +60,9 @@ type CityConfig struct {
 	// 0.5x to 1.5x).
 	AnswerDelay time.Duration
 	BoardTime   time.Duration // at the pickup, from arrived to start
+	// Reposition sends drivers who finish a trip more than 1 km from
+	// recent demand back toward it (available while they drive).
+	Reposition bool
 
 	Speed    float64 // time acceleration
 	Seed     uint64
@@ -72,7 +77,7 @@ type CityConfig struct {
 func DefaultCityConfig() CityConfig {
 	return CityConfig{Placement: "demand", Ping: 4 * time.Second, GPSNoiseM: 5, CityKMH: 25, Detour: 1.3,
 		Accept: 0.95, AnswerDelay: 3 * time.Second, BoardTime: 30 * time.Second, Drain: 3 * time.Minute,
-		WarmUp: time.Minute, Speed: 1}
+		WarmUp: time.Minute, Reposition: true, Speed: 1}
 }
 
 // Validate checks c; errors name the setting.
@@ -109,6 +114,7 @@ type city struct {
 	rng    *rand.Rand // setup only, before goroutines start
 
 	drivers []*simDriver
+	reqs    []simRequest // the replayed demand, sorted by time; read-only once running
 }
 
 // RunCity replays cfg.Demand against target with cfg.Drivers simulated
@@ -130,6 +136,7 @@ func RunCity(ctx context.Context, target Target, cfg CityConfig) (Summary, *Snap
 	c.snaps = newSnapshots(cfg.Snapshots, demand)
 	c.placeDrivers(demand)
 	reqs := c.prepareRequests(demand)
+	c.reqs = reqs
 
 	wallStart := time.Now()
 	c.clock = NewClock(cfg.From-cfg.WarmUp, cfg.Speed)
@@ -194,6 +201,20 @@ func (c *city) placeDrivers(demand Demand) {
 		}
 		c.drivers = append(c.drivers, d)
 	}
+}
+
+// demandNear returns a pickup of a request within a quarter hour of now,
+// chosen with rng and moved by up to a few hundred metres; false when
+// there is none.
+func (c *city) demandNear(now time.Duration, rng *rand.Rand) (geo.LatLng, bool) {
+	at := func(q simRequest, t time.Duration) int { return cmp.Compare(q.At, t) }
+	lo, _ := slices.BinarySearchFunc(c.reqs, now-15*time.Minute, at)
+	hi, _ := slices.BinarySearchFunc(c.reqs, now+15*time.Minute, at)
+	if hi <= lo {
+		return geo.LatLng{}, false
+	}
+	p := c.reqs[lo+rng.IntN(hi-lo)].Pickup
+	return offsetM(p, rng.NormFloat64()*300, rng.NormFloat64()*300, c.cfg.Demand.BBox), true
 }
 
 // jitter moves p by a Gaussian offset of sigma metres, kept inside the

@@ -51,6 +51,8 @@ type simDriver struct {
 	from, to         geo.LatLng
 	legStart, legEnd time.Duration
 	boardEnd         time.Duration
+	// cruising: idle and driving back toward demand along the leg.
+	cruising bool
 
 	// accounting, in simulated time
 	online, busy         time.Duration
@@ -165,7 +167,7 @@ func (d *simDriver) session(ctx context.Context, c *city, end time.Duration) boo
 				c.track.with(d.ride, func(r *rideRec) { r.arrivedSim = now })
 				d.state, d.boardEnd = boarding, now+c.cfg.BoardTime
 			} else {
-				d.endJob(now)
+				d.endJob(now, c)
 			}
 		case d.state == boarding && now >= d.boardEnd:
 			if d.action(ctx, c, "start") {
@@ -181,14 +183,14 @@ func (d *simDriver) session(ctx context.Context, c *city, end time.Duration) boo
 				d.state = onTrip
 				d.leg(now, d.dropoff, trip)
 			} else {
-				d.endJob(now)
+				d.endJob(now, c)
 			}
 		case d.state == onTrip && now >= d.legEnd:
 			d.pos = d.to
 			if d.action(ctx, c, "complete") {
 				c.track.with(d.ride, func(r *rideRec) { r.completedSim = now })
 			}
-			d.endJob(now)
+			d.endJob(now, c)
 		}
 		if now >= nextPing {
 			if err := d.report(ctx, c, conn, now); err != nil {
@@ -274,6 +276,7 @@ func (d *simDriver) answer(ctx context.Context, c *city, p *pendingOffer, now ti
 	}
 	d.idleGaps = append(d.idleGaps, now-d.idleSince)
 	d.busyAt = now
+	d.pos, d.cruising = d.where(now), false
 	d.ride, d.dropoff, d.trip = p.ride, p.dropoff, 0
 	c.track.with(p.ride, func(r *rideRec) {
 		r.acceptedSim, r.acceptedETA, r.acceptedDist, r.driver = now, p.eta, p.distM, d.id
@@ -322,9 +325,18 @@ func (d *simDriver) leg(now time.Duration, to geo.LatLng, dur time.Duration) {
 }
 
 // endJob returns the driver to idle.
-func (d *simDriver) endJob(now time.Duration) {
+func (d *simDriver) endJob(now time.Duration, c *city) {
 	d.busy += now - d.busyAt
 	d.state, d.ride, d.idleSince = idle, "", now
+	if !c.cfg.Reposition {
+		return
+	}
+	// Head back toward demand, as drivers do: to a pickup of the last or
+	// next quarter hour (a random one, so drivers spread as demand does).
+	if to, ok := c.demandNear(now, d.rng); ok && geo.DistanceM(d.pos, to) > 1000 {
+		d.cruising = true
+		d.leg(now, to, c.driveTime(d.pos, to))
+	}
 }
 
 // action posts a trip step for the current ride.
@@ -363,7 +375,11 @@ func (d *simDriver) post(ctx context.Context, c *city, path string, body any) bo
 
 // where is the driver's true position now.
 func (d *simDriver) where(now time.Duration) geo.LatLng {
-	if d.state != toPickup && d.state != onTrip {
+	if d.state != toPickup && d.state != onTrip && !d.cruising {
+		return d.pos
+	}
+	if d.cruising && now >= d.legEnd {
+		d.cruising, d.pos = false, d.to
 		return d.pos
 	}
 	f := 1.0

@@ -73,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&c.Accept, "accept", c.Accept, "probability a driver accepts an offer")
 	fs.DurationVar(&c.AnswerDelay, "answer-delay", c.AnswerDelay, "mean time a driver takes to answer (simulated)")
 	fs.DurationVar(&c.BoardTime, "board", c.BoardTime, "time at the pickup from arrived to start (simulated)")
+	fs.BoolVar(&c.Reposition, "reposition", c.Reposition, "drivers who finish a trip far from recent demand drive back toward it")
 	fs.DurationVar(&c.Drain, "drain", c.Drain, "keep running this long after -to so searches and trips can end (simulated)")
 	fs.DurationVar(&c.WarmUp, "warmup", c.WarmUp, "drivers come online this long before -from (simulated)")
 	fs.StringVar(&o.snapshots, "snapshots", "", "times of the supply/demand heat maps, HH:MM,... (default: three across the run)")
