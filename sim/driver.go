@@ -292,20 +292,9 @@ func (d *simDriver) answer(ctx context.Context, c *city, p *pendingOffer, now ti
 // now this driver's.
 func (d *simDriver) confirm(ctx context.Context, c *city, id dispatch.RideID) bool {
 	for range 200 {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.target.BaseURL+"/v1/rides/"+string(id), nil)
-		if err != nil {
-			return false
-		}
-		req.Header.Set("Authorization", "Bearer "+d.token)
-		resp, err := c.http.Do(req)
-		if err != nil {
-			return false
-		}
-		var v dispatch.RideView
-		err = json.NewDecoder(resp.Body).Decode(&v)
-		resp.Body.Close()
+		v, ok := c.getRide(ctx, d.token, id)
 		switch {
-		case err != nil || resp.StatusCode != http.StatusOK:
+		case !ok:
 			return false // 404: the ride went to another driver
 		case v.State != dispatch.Offered:
 			return v.State >= dispatch.Accepted && !v.State.Terminal() && string(v.Driver) == d.id

@@ -130,9 +130,9 @@ func (c *city) watch(ctx context.Context, tok string, r *rideRec) {
 		}
 	}
 	for ctx.Err() == nil {
-		if st, ok := c.getState(ctx, tok, r.id); ok {
-			c.seen(r, st)
-			if st.Terminal() {
+		if v, ok := c.getRide(ctx, tok, r.id); ok {
+			c.seen(r, v.State)
+			if v.State.Terminal() {
 				return
 			}
 		}
@@ -147,20 +147,22 @@ func (c *city) seen(r *rideRec, st dispatch.State) {
 	c.track.locked(func(*tracker) { r.final = st })
 }
 
-func (c *city) getState(ctx context.Context, tok string, id dispatch.RideID) (dispatch.State, bool) {
+// getRide reads a ride as the holder of tok sees it; false on any
+// failure (transport, a status other than 200, an undecodable body).
+func (c *city) getRide(ctx context.Context, tok string, id dispatch.RideID) (dispatch.RideView, bool) {
+	var v dispatch.RideView
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.target.BaseURL+"/v1/rides/"+string(id), nil)
 	if err != nil {
-		return 0, false
+		return v, false
 	}
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, false
+		return v, false
 	}
 	defer resp.Body.Close()
-	var v dispatch.RideView
 	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&v) != nil {
-		return 0, false
+		return v, false
 	}
-	return v.State, true
+	return v, true
 }
