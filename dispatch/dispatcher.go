@@ -416,10 +416,7 @@ type OfferMessage struct {
 func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 	log := d.cfg.Logger.With("ride", r.ID)
 	// Writes that must land even when the search is cancelled or timed out
-	// use their own short context.
-	finalCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	}
+	// use final(ctx).
 	if _, err := d.apply(ctx, r.ID, Event{Kind: EvSearch}); err != nil {
 		d.errs.Add(1)
 		log.Warn("search: cannot start", "err", err)
@@ -433,7 +430,7 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 		switch {
 		case ctx.Err() != nil:
 			if err == nil { // reserved just as the search ended: let the driver go
-				fctx, cancel := finalCtx()
+				fctx, cancel := final(ctx)
 				d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
 				cancel()
 			}
@@ -490,7 +487,7 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 			d.releaseAll(ctx, r.ID, []Offer{x})
 		}
 		if len(live) == 0 {
-			fctx, cancel := finalCtx()
+			fctx, cancel := final(ctx)
 			d.apply(fctx, r.ID, Event{Kind: EvOfferTimeout, Driver: o.Driver})
 			cancel()
 			continue
@@ -500,11 +497,17 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 			return
 		}
 	}
-	fctx, cancel := finalCtx()
+	fctx, cancel := final(ctx)
 	defer cancel()
 	if _, err := d.apply(fctx, r.ID, Event{Kind: EvNoDriver}); err == nil {
 		d.noDriver.Add(1)
 	}
+}
+
+// final returns a context for writes that must land even when the search
+// was cancelled or timed out: ctx's values, its own short deadline.
+func final(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 }
 
 // fanOut reserves up to FanOut-1 more drivers beside first, the next
@@ -526,7 +529,7 @@ func (d *Dispatcher) fanOut(ctx context.Context, r Ride, first Offer, tried []po
 // releaseAll lets the drivers of offers go, with a context that outlives
 // a cancelled search.
 func (d *Dispatcher) releaseAll(ctx context.Context, id RideID, offers []Offer) {
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	fctx, cancel := final(ctx)
 	defer cancel()
 	for _, o := range offers {
 		d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(id), o.Token)
@@ -550,7 +553,7 @@ func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, primary posit
 	// step records the round's outcome on the ride, even when the search
 	// was cancelled.
 	step := func(kind EventKind) {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		fctx, cancel := final(ctx)
 		defer cancel()
 		d.apply(fctx, r.ID, Event{Kind: kind, Driver: primary})
 	}
@@ -604,7 +607,7 @@ func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, primary posit
 				step(EvOfferTimeout)
 				return false, false
 			}
-			actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			actx, acancel := final(ctx)
 			_, err := d.apply(actx, r.ID, Event{Kind: EvAccept, Driver: o.Driver, Token: int64(o.Token), FanOut: o.Driver != primary})
 			if err != nil {
 				// An error can hide a write that landed (its reply lost):
