@@ -460,7 +460,7 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 		for _, x := range round {
 			tried = append(tried, x.Driver)
 		}
-		if _, err := d.apply(ctx, r.ID, Event{Kind: EvOffer, Driver: o.Driver}); err != nil {
+		if _, err := d.apply(ctx, r.ID, Event{Kind: EvOffer, Driver: o.Driver, ETA: o.ETA}); err != nil {
 			d.releaseAll(ctx, r.ID, round)
 			if errors.Is(err, ErrIllegalTransition) { // cancelled meanwhile
 				return

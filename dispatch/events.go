@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/hexdispatch/hexdispatch/geo"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
@@ -35,14 +36,20 @@ type RideEvent struct {
 	To      State              `json:"to"`
 	Rider   RiderID            `json:"rider"`
 	Driver  positions.DriverID `json:"driver,omitempty"`
-	At      time.Time          `json:"at"`
+	// Pickup is where the rider waits, on every event, so a consumer that
+	// starts mid-ride can place it.
+	Pickup geo.LatLng `json:"pickup"`
+	// PickupETA is the offered driver's estimated seconds to the pickup,
+	// on offers and after.
+	PickupETA float64   `json:"pickup_eta_s,omitempty"`
+	At        time.Time `json:"at"`
 }
 
 // NewRideEvent describes r right after a transition of kind from state
 // from (zero for creation).
 func NewRideEvent(r Ride, kind string, from State) RideEvent {
 	return RideEvent{V: RideEventVersion, Ride: r.ID, Version: r.Version, Kind: kind, From: from, To: r.State,
-		Rider: r.Rider, Driver: r.Driver, At: r.UpdatedAt}
+		Rider: r.Rider, Driver: r.Driver, Pickup: r.Pickup, PickupETA: r.PickupETA, At: r.UpdatedAt}
 }
 
 // RelayConfig configures a Relay.

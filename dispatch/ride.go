@@ -138,7 +138,9 @@ type Event struct {
 	// fan-out round beside the driver the ride records: that driver takes
 	// the ride.
 	FanOut bool
-	At     time.Time
+	// ETA is the offered driver's estimated time to the pickup (offer only).
+	ETA time.Duration
+	At  time.Time
 }
 
 // Ride is a ride's read model.
@@ -154,6 +156,9 @@ type Ride struct {
 	// Offers counts offers made; Declines counts declines and timeouts.
 	Offers   int `json:"offers"`
 	Declines int `json:"declines"`
+	// PickupETA is the latest offer's estimated seconds from the offered
+	// driver to the pickup.
+	PickupETA float64 `json:"pickup_eta_s,omitempty"`
 	// LeaseToken is the accepted driver's fencing token (internal: the
 	// API does not show it).
 	LeaseToken int64 `json:"lease_token,omitempty"`
@@ -206,6 +211,7 @@ func (r *Ride) Apply(ev Event) error {
 	case EvOffer:
 		r.Driver = ev.Driver
 		r.Offers++
+		r.PickupETA = ev.ETA.Seconds()
 	case EvDecline, EvOfferTimeout:
 		r.Driver = ""
 		r.Declines++

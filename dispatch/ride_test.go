@@ -191,3 +191,24 @@ func TestFanOutAcceptReassignsTheDriver(t *testing.T) {
 		t.Fatal("the replaced driver stepped the ride")
 	}
 }
+
+// TestOfferCarriesPickupETA: the offer's ETA lands on the ride and on its
+// ride-events record with the pickup, which the ops heatmap reads.
+func TestOfferCarriesPickupETA(t *testing.T) {
+	r, err := dispatch.NewRide("r1", "u1", pickup, dropoff, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range []dispatch.Event{{Kind: dispatch.EvSearch}, {Kind: dispatch.EvOffer, Driver: "d1", ETA: 95 * time.Second}} {
+		if err := r.Apply(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r.PickupETA != 95 {
+		t.Fatalf("PickupETA = %v, want 95", r.PickupETA)
+	}
+	e := dispatch.NewRideEvent(r, "offer", dispatch.Searching)
+	if e.Pickup != pickup || e.PickupETA != 95 || e.Driver != "d1" {
+		t.Fatalf("event = %+v, want the pickup, ETA 95 and driver d1", e)
+	}
+}
