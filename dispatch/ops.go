@@ -1,15 +1,14 @@
 package dispatch
 
 import (
-	"cmp"
 	"context"
 	"embed"
 	"net/http"
 	"runtime"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hexdispatch/hexdispatch/geo"
 	"github.com/hexdispatch/hexdispatch/matcher"
@@ -41,12 +40,17 @@ type Heatmap struct {
 	GeneratedAt time.Time             `json:"generated_at"`
 }
 
-// Heatmap layers served today. Demand, match outcome, ETA and surge layers
-// come from ride events.
-var heatmapLayers = map[string]positions.Filter{
+// Supply layers, answered by the shard owners.
+var supplyLayers = map[string]positions.Filter{
 	"supply":  positions.Available, // drivers free for a ride
 	"drivers": positions.Filter{},  // every online driver
 }
+
+// LayerSurge is the surge multiplier layer (see Surge).
+const LayerSurge = "surge"
+
+// HeatmapLayers lists every layer of GET /v1/ops/heatmap.
+var HeatmapLayers = []string{"supply", "drivers", LayerDemand, LayerMatched, LayerUnmatched, LayerETA, LayerSurge}
 
 // MaxHeatmapCells bounds one heatmap answer; the busiest cells are kept.
 const MaxHeatmapCells = 20000
@@ -62,21 +66,36 @@ type PolicyControl interface {
 // OpsConfig configures the ops endpoints.
 type OpsConfig struct {
 	Supply SupplySource
+	// Outcomes, when set, serves the demand, matched, unmatched, eta and
+	// surge layers; without it those layers answer 404.
+	Outcomes *Outcomes
+	// Metrics, when set, feeds the alert panels (/v1/ops/alerts) from this
+	// process's Prometheus registry.
+	Metrics prometheus.Gatherer
+	Alerts  AlertThresholds
 	// Policy, when set, is served at /v1/ops/policy.
 	Policy  PolicyControl
 	Signer  *Signer
 	Now     func() time.Time
 	Timeout time.Duration // per heatmap request; default 2 s
+	// StreamEvery is the heatmap stream's period; default 2 s.
+	StreamEvery time.Duration
+	// MaxStreams bounds concurrent heatmap streams; default 32.
+	MaxStreams int
+	// Closing ends the heatmap streams when the server shuts down.
+	Closing context.Context
 }
 
 //go:embed web/ops.html
 var opsFS embed.FS
 
 // OpsRoutes are the patterns OpsHandler serves.
-var OpsRoutes = []string{"GET /ops", "GET /v1/ops/heatmap", "GET /v1/ops/runtime", "GET /v1/ops/policy", "PUT /v1/ops/policy"}
+var OpsRoutes = []string{"GET /ops", "GET /v1/ops/heatmap", "GET /v1/ops/heatmap/stream", "GET /v1/ops/cells/{cell}",
+	"GET /v1/ops/alerts", "GET /v1/ops/runtime", "GET /v1/ops/policy", "PUT /v1/ops/policy"}
 
-// OpsHandler serves the ops console at /ops and the heatmap API at
-// /v1/ops/heatmap (ops role), plus /v1/ops/runtime for the memory panel.
+// OpsHandler serves the read-only ops console at /ops and, for the ops
+// role, the heatmap API (/v1/ops/heatmap, its stream and per-cell detail),
+// the alert panels (/v1/ops/alerts), /v1/ops/runtime and the policy switch.
 func OpsHandler(cfg OpsConfig) http.Handler {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -84,35 +103,45 @@ func OpsHandler(cfg OpsConfig) http.Handler {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 2 * time.Second
 	}
+	if cfg.StreamEvery <= 0 {
+		cfg.StreamEvery = 2 * time.Second
+	}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = 32
+	}
+	if cfg.Closing == nil {
+		cfg.Closing = context.Background()
+	}
+	cfg.Alerts = cfg.Alerts.withDefaults()
+	o := &opsServer{cfg: cfg, alerts: newAlertWindow(cfg.Metrics, cfg.Alerts)}
+	ops := func(f http.HandlerFunc) http.Handler { return cfg.Signer.RequireRole(cfg.Now, f, RoleOps) }
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ops", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'")
 		http.ServeFileFS(w, r, opsFS, "web/ops.html")
 	})
-	mux.Handle("GET /v1/ops/heatmap", cfg.Signer.RequireRole(cfg.Now, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h, err := heatmap(r, cfg)
-		if err != nil {
-			WriteError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, h)
-	}), RoleOps))
-	mux.Handle("GET /v1/ops/runtime", cfg.Signer.RequireRole(cfg.Now, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	mux.Handle("GET /v1/ops/heatmap", ops(o.heatmap))
+	mux.Handle("GET /v1/ops/heatmap/stream", ops(o.stream))
+	mux.Handle("GET /v1/ops/cells/{cell}", ops(o.cellDetail))
+	mux.Handle("GET /v1/ops/alerts", ops(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, o.alerts.read(cfg.Now()))
+	}))
+	mux.Handle("GET /v1/ops/runtime", ops(func(w http.ResponseWriter, _ *http.Request) {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		writeJSON(w, http.StatusOK, map[string]any{
 			"heap_alloc_bytes": ms.HeapAlloc, "sys_bytes": ms.Sys, "goroutines": runtime.NumGoroutine(),
 		})
-	}), RoleOps))
-	mux.Handle("GET /v1/ops/policy", cfg.Signer.RequireRole(cfg.Now, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	}))
+	mux.Handle("GET /v1/ops/policy", ops(func(w http.ResponseWriter, _ *http.Request) {
 		if cfg.Policy == nil {
 			WriteError(w, &APIError{Status: http.StatusNotFound, Code: "not_found", Message: "no policy switch in this process"})
 			return
 		}
 		writeJSON(w, http.StatusOK, policyView(cfg.Policy))
-	}), RoleOps))
-	mux.Handle("PUT /v1/ops/policy", cfg.Signer.RequireRole(cfg.Now, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.Handle("PUT /v1/ops/policy", ops(func(w http.ResponseWriter, r *http.Request) {
 		if cfg.Policy == nil {
 			WriteError(w, &APIError{Status: http.StatusNotFound, Code: "not_found", Message: "no policy switch in this process"})
 			return
@@ -146,7 +175,7 @@ func OpsHandler(cfg OpsConfig) http.Handler {
 			}
 		}
 		writeJSON(w, http.StatusOK, policyView(cfg.Policy))
-	}), RoleOps))
+	}))
 	return mux
 }
 
@@ -157,78 +186,6 @@ func policyView(p PolicyControl) map[string]any {
 		regions[c.String()] = v
 	}
 	return map[string]any{"default": def, "regions": regions}
-}
-
-func heatmap(r *http.Request, cfg OpsConfig) (Heatmap, error) {
-	q := r.URL.Query()
-	layer := cmp.Or(q.Get("layer"), "supply")
-	filter, ok := heatmapLayers[layer]
-	if !ok {
-		return Heatmap{}, BadField("layer", "unknown layer %q: want supply or drivers", layer)
-	}
-	res := geo.IndexRes
-	if s := q.Get("res"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 7 || v > 9 {
-			return Heatmap{}, BadField("res", "res %q: want 7, 8 or 9", s)
-		}
-		res = v
-	}
-	var bbox *geo.BBox
-	if s := q.Get("bbox"); s != "" {
-		b, err := geo.ParseBBox(s)
-		if err != nil {
-			return Heatmap{}, BadField("bbox", "%v", err)
-		}
-		bbox = &b
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), cfg.Timeout)
-	defer cancel()
-	counts, missed, err := cfg.Supply.CellCounts(ctx, res, filter)
-	if err != nil {
-		return Heatmap{}, &APIError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: err.Error(), RetryAfter: time.Second}
-	}
-	h := Heatmap{Layer: layer, Res: res, Partial: len(missed) > 0, Missed: missed, GeneratedAt: cfg.Now().UTC(), Cells: []HeatmapCell{}}
-	type cv struct {
-		c geo.Cell
-		v int
-	}
-	list := make([]cv, 0, len(counts))
-	for c, v := range counts {
-		if bbox != nil {
-			center, err := geo.CellCenter(c)
-			if err != nil || !bbox.Contains(center) {
-				continue
-			}
-		}
-		list = append(list, cv{c, v})
-	}
-	slices.SortFunc(list, func(a, b cv) int { return cmp.Or(cmp.Compare(b.v, a.v), cmp.Compare(a.c, b.c)) })
-	if len(list) > MaxHeatmapCells {
-		list, h.Truncated = list[:MaxHeatmapCells], true
-	}
-	for _, e := range list {
-		corners, err := geo.Boundary(e.c)
-		if err != nil {
-			continue
-		}
-		b := make([][2]float64, len(corners))
-		for i, p := range corners {
-			b[i] = [2]float64{round7(p.Lat), round7(p.Lng)}
-		}
-		h.Cells = append(h.Cells, HeatmapCell{Cell: e.c.String(), Value: float64(e.v), Boundary: b})
-	}
-	return h, nil
-}
-
-// round7 keeps 1e-7 degree (about 1 cm): the JSON stays compact.
-func round7(v float64) float64 { return float64(int64(v*1e7+copysignHalf(v))) / 1e7 }
-
-func copysignHalf(v float64) float64 {
-	if v < 0 {
-		return -0.5
-	}
-	return 0.5
 }
 
 //go:embed web/openapi.json
