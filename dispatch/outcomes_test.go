@@ -85,7 +85,7 @@ func TestOutcomesLayers(t *testing.T) {
 	all = append(all, rideEvents("b", timesSquare, t0.Add(-time.Minute), 0)...)
 	all = append(all, rideEvents("c", brooklyn, t0.Add(-3*time.Minute), 60)...)
 	all = append(all, rideEvents("old", brooklyn, t0.Add(-time.Hour), 30)...) // before the window
-	all = append(all, all[:5]...)                                              // ride a delivered twice
+	all = append(all, all[:5]...)                                             // ride a delivered twice
 	for _, e := range all {
 		if err := o.Add(e); err != nil {
 			t.Fatal(err)
