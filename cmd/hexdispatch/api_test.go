@@ -112,6 +112,26 @@ func TestRunMatchesARide(t *testing.T) {
 	if code, h := call(t, "GET", base+"/v1/ops/heatmap?layer=drivers", ops, ""); code != 200 || h["cells"] == nil {
 		t.Fatalf("heatmap: %d %v", code, h)
 	}
+	// The ride's events reach the ops heatmap: one request and one match
+	// at the pickup's cell, and the alert panels see the dispatcher.
+	for _, layer := range []string{"demand", "matched", "eta"} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			code, h := call(t, "GET", base+"/v1/ops/heatmap?layer="+layer, ops, "")
+			cells, _ := h["cells"].([]any)
+			if code == 200 && len(cells) == 1 && cells[0].(map[string]any)["value"].(float64) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s layer never showed the ride: %d %v", layer, code, h)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	code, alerts := call(t, "GET", base+"/v1/ops/alerts", ops, "")
+	if code != 200 || alerts["match_p99_s"] == nil || len(alerts["lag"].([]any)) != 4 {
+		t.Fatalf("alerts: %d %v", code, alerts)
+	}
 }
 
 // TestRunBatchedPolicy runs the same ride with the batched policy as the

@@ -28,19 +28,23 @@ import (
 // store and leases in Redis (in-process miniredis when -redis is empty), the
 // driver gateway, the dispatcher, the ride-events relay and the ops console.
 type api struct {
-	mini    *miniredis.Miniredis // nil with -redis
-	rdb     *redis.Client
-	signer  *dispatch.Signer
-	events  *kgo.Client
-	relay   *dispatch.Relay
-	drivers *dispatch.Drivers
-	disp    *dispatch.Dispatcher
-	rides   *dispatch.Rides
-	ops     http.Handler
-	policy  *matcher.Switch
-	batcher *matcher.Batcher
-	store   *dispatch.RideStore
-	dev     bool // tokens use the dev secret: print some at start
+	mini   *miniredis.Miniredis // nil with -redis
+	rdb    *redis.Client
+	signer *dispatch.Signer
+	events *kgo.Client
+	relay  *dispatch.Relay
+	// outcomes reads the whole ride-events topic for the ops heatmap's
+	// demand and outcome layers, through its own client (outcomesCl).
+	outcomes   *dispatch.Outcomes
+	outcomesCl *kgo.Client
+	drivers    *dispatch.Drivers
+	disp       *dispatch.Dispatcher
+	rides      *dispatch.Rides
+	ops        http.Handler
+	policy     *matcher.Switch
+	batcher    *matcher.Batcher
+	store      *dispatch.RideStore
+	dev        bool // tokens use the dev secret: print some at start
 	// closing ends at shutdown, closing the rider WebSockets.
 	closing context.Context
 	stop    context.CancelFunc
@@ -84,7 +88,7 @@ func embeddedRedisOptions(addr string) *redis.Options {
 	return o
 }
 
-func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest) (*api, error) {
+func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metrics prometheus.Gatherer) (*api, error) {
 	a := &api{}
 	ok := false
 	defer func() {
@@ -209,7 +213,17 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest) (*api
 		Locator: a.drivers, OriginPatterns: dc.OriginPatterns, Closing: a.closing}); err != nil {
 		return nil, err
 	}
-	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: ownersSupply{owners: owners, parts: int32(cfg.Partitions)}, Signer: a.signer, Policy: a.policy})
+	oc := dispatch.DefaultOutcomesConfig()
+	oc.Logger = quietLog
+	if a.outcomes, err = dispatch.NewOutcomes(oc); err != nil {
+		return nil, err
+	}
+	if a.outcomesCl, err = kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(in.brokers...)},
+		a.outcomes.OutcomesConsumerOpts(dispatch.DefaultRideEventsTopic)...)...); err != nil {
+		return nil, fmt.Errorf("kafka client for the ops ride-events reader: %w", err)
+	}
+	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: ownersSupply{owners: owners, parts: int32(cfg.Partitions)},
+		Outcomes: a.outcomes, Metrics: metrics, Signer: a.signer, Policy: a.policy, Closing: a.closing})
 
 	a.dev = dev
 	ok = true
@@ -242,6 +256,7 @@ func (a *api) routes(mux *http.ServeMux) {
 // WebSockets.
 func (a *api) run(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return a.relay.Run(ctx) })
+	g.Go(func() error { return a.outcomes.Consume(ctx, a.outcomesCl) })
 	g.Go(func() error { return a.disp.Run(ctx) })
 	g.Go(func() error {
 		<-ctx.Done()
@@ -268,6 +283,9 @@ func (a *api) close() {
 	}
 	if a.events != nil {
 		a.events.Close()
+	}
+	if a.outcomesCl != nil {
+		a.outcomesCl.Close()
 	}
 	if a.rdb != nil {
 		a.rdb.Close()
@@ -298,6 +316,7 @@ var (
 	descMatchLatency    = prometheus.NewDesc("hexd_match_latency_seconds", "Time from a ride request to its first offer.", nil, nil)
 	descRideStates      = prometheus.NewDesc("hexd_ride_transitions_total", "Rides this process moved into each state.", []string{"state"}, nil)
 	descWSConns         = prometheus.NewDesc("hexd_gateway_websockets", "Driver WebSockets open.", nil, nil)
+	descOpsEvents       = prometheus.NewDesc("hexd_ops_ride_events_total", "Ride events read by the ops heatmap, by result (counted, late: before the window, bad: skipped).", []string{"result"}, nil)
 	descPolicyRequests  = prometheus.NewDesc("hexd_match_requests_total", "Match requests by policy and result.", []string{"policy", "result"}, nil)
 	descPolicyETAHist   = prometheus.NewDesc("hexd_match_pickup_eta_seconds", "Pickup ETA of matched requests, by policy (read p90 with histogram_quantile).", []string{"policy"}, nil)
 	descPolicyETA       = prometheus.NewDesc("hexd_match_eta_seconds_sum", "Sum of the pickup ETAs of matched requests, by policy (divide by matched for the mean).", []string{"policy"}, nil)
@@ -347,6 +366,10 @@ func (c apiCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRideStates, prometheus.CounterValue, float64(c.a.store.Entered(st)), st.String())
 	}
 	ch <- prometheus.MustNewConstMetric(descWSConns, prometheus.GaugeValue, float64(c.a.drivers.Connections()))
+	o := c.a.outcomes.Stats()
+	ch <- prometheus.MustNewConstMetric(descOpsEvents, prometheus.CounterValue, float64(o.Events-o.Late), "counted")
+	ch <- prometheus.MustNewConstMetric(descOpsEvents, prometheus.CounterValue, float64(o.Late), "late")
+	ch <- prometheus.MustNewConstMetric(descOpsEvents, prometheus.CounterValue, float64(o.Bad), "bad")
 	b := c.a.policy.Batcher().Stats()
 	ch <- prometheus.MustNewConstMetric(descBatchWindows, prometheus.CounterValue, float64(b.Windows))
 	ch <- prometheus.MustNewConstMetric(descBatchRiders, prometheus.CounterValue, float64(b.Riders))

@@ -174,7 +174,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (e *Engine, err erro
 		log.Warn("no Redis: this worker does not publish its partitions, so api processes cannot query it")
 	}
 	if cfg.Role == "all" || cfg.Role == "api" {
-		if e.front, err = newAPI(ctx, cfg, log, e.in); err != nil {
+		if e.front, err = newAPI(ctx, cfg, log, e.in, reg); err != nil {
 			return nil, err
 		}
 		e.front.register(reg)
