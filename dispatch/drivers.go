@@ -1,12 +1,16 @@
 package dispatch
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -132,18 +136,23 @@ type DriverStats struct {
 // Drivers is the driver gateway: position reports in (HTTP and
 // WebSocket), messages such as offers out (WebSocket).
 //
-// Concurrency: connsMu guards conns; each connection has a reader (the
-// HTTP handler's goroutine) and a writer goroutine that the handler waits
-// for. Close ends every connection.
+// Concurrency: connsMu guards conns, each connection's nextPing and
+// pinging. A connection has one goroutine for as long as it lives, its
+// reader (serve), which waits for the connection's writer goroutine; the
+// writer runs only while messages wait (see driverConn). One pinger
+// goroutine, started with the first connection, schedules every
+// connection's keepalive. Close ends every connection with a close code
+// and waits for the readers and the pinger.
 type Drivers struct {
 	cfg DriversConfig
 
 	base     context.Context
 	cancel   context.CancelFunc
-	handlers sync.WaitGroup // WebSocket handlers, which the HTTP server's Shutdown does not wait for
+	handlers sync.WaitGroup // readers and the pinger, which the HTTP server's Shutdown does not wait for
 
 	connsMu sync.Mutex
 	conns   map[positions.DriverID]*driverConn
+	pinging bool // the pinger runs
 
 	// lastMu guards last: each driver's last accepted position, for riders
 	// watching their driver approach. Bounded by the drivers that report
@@ -163,11 +172,6 @@ type lastPos struct {
 // lastTTL bounds how long a last position is kept.
 const lastTTL = 2 * time.Minute
 
-type driverConn struct {
-	out    chan []byte
-	cancel context.CancelFunc
-}
-
 // NewDrivers returns the gateway.
 func NewDrivers(cfg DriversConfig) (*Drivers, error) {
 	if err := cfg.Validate(); err != nil {
@@ -178,11 +182,27 @@ func NewDrivers(cfg DriversConfig) (*Drivers, error) {
 		last: make(map[positions.DriverID]lastPos)}, nil
 }
 
-// Close ends every WebSocket connection and waits for their handlers.
+// Close ends every WebSocket connection with StatusGoingAway and waits for
+// their goroutines.
 func (d *Drivers) Close() {
 	d.connsMu.Lock() // ws adds to handlers under this lock after checking base
 	d.cancel()
+	open := make([]*driverConn, 0, len(d.conns))
+	for _, dc := range d.conns {
+		open = append(open, dc)
+	}
 	d.connsMu.Unlock()
+	// Each close handshake waits up to 5 s for the driver's answer: run
+	// them at once.
+	var wg sync.WaitGroup
+	for _, dc := range open {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dc.ws.Close(websocket.StatusGoingAway, "server shutting down")
+		}()
+	}
+	wg.Wait()
 	d.handlers.Wait()
 }
 
@@ -221,13 +241,7 @@ func (d *Drivers) Send(id positions.DriverID, msg any) bool {
 	if err != nil {
 		return false
 	}
-	select {
-	case c.out <- b:
-		return true
-	default:
-		d.dropped.Add(1)
-		return false
-	}
+	return d.enqueue(c, b)
 }
 
 // Mux is where Routes registers; *http.ServeMux is one.
@@ -385,9 +399,49 @@ type wsFrame struct {
 	Ride RideID `json:"ride,omitempty"`
 }
 
+// Per-connection buffers. The HTTP server's 4 KB reader and writer that a
+// hijack hands over are most of an idle connection's memory, so the
+// WebSocket gets small ones instead: a driver's frames (positions, ride
+// actions) and the messages to it (offers, acks) are a few hundred bytes,
+// and bufio passes larger reads and writes straight to the socket.
+const (
+	wsReadBuffer  = 512
+	wsWriteBuffer = 512
+)
+
+// smallBuffers makes the hijack that websocket.Accept does hand over
+// wsReadBuffer and wsWriteBuffer sized buffers.
+type smallBuffers struct{ http.ResponseWriter }
+
+func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := brw.Writer.Flush(); err != nil { // the server flushed the 101 already; this is a no-op
+		conn.Close()
+		return nil, nil, err
+	}
+	// A client's first frame may follow its handshake at once, and be in
+	// the server's reader already. Move it into the new reader's buffer:
+	// Accept takes the buffered bytes from there.
+	br := bufio.NewReaderSize(conn, wsReadBuffer)
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn), max(wsReadBuffer, n))
+		if _, err := br.Peek(n); err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+	}
+	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, wsWriteBuffer)), nil
+}
+
 // ws serves one driver's WebSocket. The token comes in the Authorization
 // header or, for browsers that cannot set it, the access_token query
-// parameter.
+// parameter. After the upgrade the handler returns, so the HTTP server's
+// goroutine, request and buffers are freed; the connection lives on in
+// its reader goroutine (serve).
 func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 	c, err := d.cfg.Signer.Verify(wsToken(r), d.cfg.Now())
 	if err != nil {
@@ -405,55 +459,84 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, &APIError{Status: http.StatusServiceUnavailable, Code: "shutting_down", Message: "server is shutting down", RetryAfter: time.Second})
 		return
 	}
-	d.handlers.Add(1)
+	d.handlers.Add(1) // Done by serve, or below when the upgrade fails
+	if !d.pinging {
+		d.pinging = true
+		d.handlers.Add(1)
+		go d.pinger()
+	}
 	d.connsMu.Unlock()
-	defer d.handlers.Done()
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: d.cfg.OriginPatterns})
+	conn, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{OriginPatterns: d.cfg.OriginPatterns})
 	if err != nil {
+		d.handlers.Done()
 		return // Accept wrote the error response
 	}
 	conn.SetReadLimit(d.cfg.ReadLimit)
-	ctx, cancel := context.WithCancel(d.base)
-	defer cancel()
-	stop := context.AfterFunc(r.Context(), cancel)
-	defer stop()
 
-	dc := &driverConn{out: make(chan []byte, d.cfg.SendQueue), cancel: cancel}
+	dc := &driverConn{ws: conn, nextPing: time.Now().Add(d.cfg.PingEvery)}
 	d.connsMu.Lock()
-	if old, ok := d.conns[id]; ok {
-		old.cancel() // one live connection per driver: the newest wins
-	}
-	d.conns[id] = dc
-	d.connsMu.Unlock()
-	d.connections.Add(1)
-	defer func() {
-		d.connsMu.Lock()
-		if d.conns[id] == dc {
-			delete(d.conns, id)
-		}
+	if d.base.Err() != nil { // Close ran during the upgrade and did not see dc
 		d.connsMu.Unlock()
-	}()
-
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		d.writer(ctx, conn, dc)
-		cancel()
-	}()
-	d.reader(ctx, conn, id, dc)
-	cancel()
-	wg.Wait()
-	if d.base.Err() != nil {
-		conn.Close(websocket.StatusGoingAway, "server shutting down")
+		go func() {
+			defer d.handlers.Done()
+			conn.Close(websocket.StatusGoingAway, "server shutting down")
+		}()
 		return
 	}
-	conn.Close(websocket.StatusNormalClosure, "")
+	old := d.conns[id]
+	d.conns[id] = dc
+	d.connsMu.Unlock()
+	if old != nil {
+		old.ws.CloseNow() // one live connection per driver: the newest wins
+	}
+	d.connections.Add(1)
+	go d.serve(id, dc)
 }
 
-func (d *Drivers) reader(ctx context.Context, conn *websocket.Conn, id positions.DriverID, dc *driverConn) {
+// driverConn is one driver's WebSocket. An idle connection holds its
+// reader goroutine and nothing else that grows with time: no writer
+// goroutine, timer, context or queue memory. Its writer goroutine runs
+// only while messages (or a keepalive ping) wait.
+type driverConn struct {
+	ws *websocket.Conn
+
+	// nextPing is when the pinger pings next; Drivers.connsMu guards it.
+	nextPing time.Time
+
+	// mu guards the fields below.
+	mu      sync.Mutex
+	queue   [][]byte // waiting for the writer, at most SendQueue; nil when empty
+	ping    bool     // the writer sends a ping after the queue
+	writing bool     // a writer goroutine runs (counted in writers)
+	closed  bool     // nothing more is queued: the reader returned or a write failed
+	writers sync.WaitGroup
+}
+
+// serve reads the driver's frames until the connection ends, then waits
+// for its writer.
+func (d *Drivers) serve(id positions.DriverID, dc *driverConn) {
+	defer d.handlers.Done()
+	d.reader(id, dc)
+	dc.mu.Lock()
+	dc.closed, dc.queue = true, nil
+	dc.mu.Unlock()
+	dc.writers.Wait()
+	d.connsMu.Lock()
+	if d.conns[id] == dc {
+		delete(d.conns, id)
+	}
+	d.connsMu.Unlock()
+	// A no-op when the connection is already closed: by the peer, by a
+	// failed write or ping, by a newer connection of the driver, or by
+	// Close's StatusGoingAway.
+	dc.ws.Close(websocket.StatusNormalClosure, "")
+}
+
+// reader handles the driver's frames. Its read has no context: whatever
+// ends the connection closes it, which ends the read.
+func (d *Drivers) reader(id positions.DriverID, dc *driverConn) {
 	for {
-		_, b, err := conn.Read(ctx)
+		_, b, err := dc.ws.Read(context.Background())
 		if err != nil {
 			return
 		}
@@ -470,17 +553,13 @@ func (d *Drivers) reader(ctx context.Context, conn *websocket.Conn, id positions
 				d.reply(dc, err)
 			}
 		case isAction && d.cfg.Actions != nil:
-			ride, err := d.cfg.Actions(ctx, id, f.Ride, kind)
+			ride, err := d.cfg.Actions(d.base, id, f.Ride, kind)
 			if err != nil {
 				d.reply(dc, err)
 				continue
 			}
 			b, _ := json.Marshal(map[string]any{"type": "ack", "action": f.Type, "ride": ride.ID, "state": ride.State})
-			select {
-			case dc.out <- b:
-			default:
-				d.dropped.Add(1)
-			}
+			d.enqueue(dc, b)
 		default:
 			d.rejected.Add(1)
 			d.reply(dc, BadField("type", "unknown frame type %q", f.Type))
@@ -502,36 +581,106 @@ func (d *Drivers) reply(dc *driverConn, err error) {
 		msg["retry_after_ms"] = ae.RetryAfter.Milliseconds()
 	}
 	b, _ := json.Marshal(msg)
-	select {
-	case dc.out <- b:
-	default:
+	d.enqueue(dc, b)
+}
+
+// enqueue queues b for dc, or with b nil a keepalive ping, and starts the
+// connection's writer if none runs. It never blocks. When SendQueue
+// messages already wait, b is dropped and counted: the newest message
+// loses, and a driver that cannot keep up is closed by WriteTimeout.
+func (d *Drivers) enqueue(dc *driverConn, b []byte) bool {
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	switch {
+	case dc.closed:
+		return false
+	case b == nil:
+		dc.ping = true
+	case len(dc.queue) >= d.cfg.SendQueue:
 		d.dropped.Add(1)
+		return false
+	default:
+		dc.queue = append(dc.queue, b)
+	}
+	if !dc.writing {
+		dc.writing = true
+		dc.writers.Add(1) // before serve's Wait: serve sets closed first, under mu
+		go d.writer(dc)
+	}
+	return true
+}
+
+// writer writes dc's queue, then the ping if one is due, until both are
+// empty. A failed or timed-out write or a missed pong closes the
+// connection, which ends the reader.
+func (d *Drivers) writer(dc *driverConn) {
+	defer dc.writers.Done()
+	for {
+		dc.mu.Lock()
+		batch, ping := dc.queue, dc.ping
+		dc.queue, dc.ping = nil, false
+		if dc.closed || (len(batch) == 0 && !ping) {
+			dc.writing = false
+			dc.mu.Unlock()
+			return
+		}
+		dc.mu.Unlock()
+		err := d.write(dc.ws, batch, ping)
+		if err != nil {
+			dc.ws.CloseNow()
+			dc.mu.Lock()
+			dc.closed, dc.queue, dc.writing = true, nil, false
+			dc.mu.Unlock()
+			return
+		}
 	}
 }
 
-// writer sends queued messages and keepalive pings until ctx ends or a
-// write fails.
-func (d *Drivers) writer(ctx context.Context, conn *websocket.Conn, dc *driverConn) {
-	ping := time.NewTicker(d.cfg.PingEvery)
-	defer ping.Stop()
+func (d *Drivers) write(conn *websocket.Conn, batch [][]byte, ping bool) error {
+	for _, b := range batch {
+		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.WriteTimeout)
+		err := conn.Write(ctx, websocket.MessageText, b)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	if !ping {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.PingEvery)
+	defer cancel()
+	return conn.Ping(ctx)
+}
+
+// pinger schedules every connection's keepalive ping PingEvery after the
+// last: one goroutine and one ticker for the gateway instead of a ticker
+// per connection. It checks eight times per PingEvery, so pings go out
+// between PingEvery and 1.125 PingEvery apart.
+func (d *Drivers) pinger() {
+	defer d.handlers.Done()
+	t := time.NewTicker(max(d.cfg.PingEvery/8, time.Millisecond))
+	defer t.Stop()
+	var due []*driverConn
 	for {
 		select {
-		case <-ctx.Done():
+		case <-d.base.Done():
 			return
-		case b := <-dc.out:
-			wctx, cancel := context.WithTimeout(ctx, d.cfg.WriteTimeout)
-			err := conn.Write(wctx, websocket.MessageText, b)
-			cancel()
-			if err != nil {
-				return
-			}
-		case <-ping.C:
-			pctx, cancel := context.WithTimeout(ctx, d.cfg.PingEvery)
-			err := conn.Ping(pctx)
-			cancel()
-			if err != nil {
-				return
+		case <-t.C:
+		}
+		now := time.Now()
+		d.connsMu.Lock()
+		for _, dc := range d.conns {
+			if !now.Before(dc.nextPing) {
+				dc.nextPing = now.Add(d.cfg.PingEvery)
+				due = append(due, dc)
 			}
 		}
+		d.connsMu.Unlock()
+		for _, dc := range due {
+			d.enqueue(dc, nil)
+		}
+		clear(due)
+		due = due[:0]
 	}
 }

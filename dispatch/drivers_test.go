@@ -1,13 +1,17 @@
 package dispatch_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +33,8 @@ type gateway struct {
 	brokers []string
 }
 
-func newGateway(t *testing.T, maxPending int, run bool) *gateway {
+// newGateway starts the gateway; edit, when given, changes its config.
+func newGateway(t *testing.T, maxPending int, run bool, edit ...func(*dispatch.DriversConfig)) *gateway {
 	t.Helper()
 	kc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, positions.DefaultTopic))
 	if err != nil {
@@ -56,6 +61,9 @@ func newGateway(t *testing.T, maxPending int, run bool) *gateway {
 	cfg := dispatch.DefaultDriversConfig()
 	cfg.Sink, cfg.Signer = pub, signer
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, e := range edit {
+		e(&cfg)
+	}
 	d, err := dispatch.NewDrivers(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -268,5 +276,214 @@ func TestDriverWebSocket(t *testing.T) {
 	ev, err := positions.DecodeEvent(consumeOne(t, g.brokers, positions.DefaultTopic).Value)
 	if err != nil || ev.Driver != "d9" || ev.Seq != 1 {
 		t.Fatalf("ws position %+v, %v", ev, err)
+	}
+}
+
+// waitFor polls cond until it holds or 10 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// closeReads returns the context for client connections' CloseRead; the
+// test's end cancels it, which closes them. (A CloseNow while CloseRead
+// runs waits 15 s for it.)
+func closeReads(t *testing.T) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// An idle connection costs the gateway one goroutine (its reader): no
+// writer, no ticker. ws-conns measures the memory this buys.
+func TestDriverIdleConnectionsHoldOneGoroutine(t *testing.T) {
+	g := newGateway(t, 1024, true)
+	// The first connection starts the pinger; count from after it.
+	first, _, err := dialDriver(t, g, g.token(t, "d0", dispatch.RoleDriver), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.CloseNow()
+	waitFor(t, "the first connection", func() bool { return g.drivers.Connections() == 1 })
+	// The client's goroutines are counted too: each connection's
+	// CloseRead runs one.
+	before := runtime.NumGoroutine()
+	const n = 50
+	ctx := closeReads(t)
+	for i := 1; i <= n; i++ {
+		c, _, err := dialDriver(t, g, g.token(t, fmt.Sprintf("d%d", i), dispatch.RoleDriver), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.CloseRead(ctx)
+	}
+	waitFor(t, "every connection", func() bool { return g.drivers.Connections() == n+1 })
+	// A message starts a writer that ends once it is written.
+	if !g.drivers.Send("d1", map[string]any{"type": "offer", "ride": "r1"}) {
+		t.Fatal("Send to a connected driver failed")
+	}
+	var per float64
+	waitFor(t, "two goroutines per connection (server reader, client CloseRead)", func() bool {
+		per = float64(runtime.NumGoroutine()-before) / n
+		return per <= 2
+	})
+}
+
+// Close ends every connection with StatusGoingAway, and a connection
+// refused after it says why.
+func TestDriverCloseSendsGoingAway(t *testing.T) {
+	g := newGateway(t, 1024, true)
+	c, _, err := dialDriver(t, g, g.token(t, "d1", dispatch.RoleDriver), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	waitFor(t, "the connection", func() bool { return g.drivers.Connected("d1") })
+	read := make(chan error, 1)
+	go func() {
+		_, _, err := c.Read(context.Background())
+		read <- err
+	}()
+	g.drivers.Close()
+	if err := <-read; websocket.CloseStatus(err) != websocket.StatusGoingAway {
+		t.Fatalf("read after Close: %v, want StatusGoingAway", err)
+	}
+	if _, resp, err := dialDriver(t, g, g.token(t, "d2", dispatch.RoleDriver), nil); err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("dial after Close: %v", err)
+	}
+}
+
+// A driver's newest connection wins: the older one is closed and Send
+// reaches the newer.
+func TestDriverNewestConnectionWins(t *testing.T) {
+	g := newGateway(t, 1024, true)
+	tok := g.token(t, "d1", dispatch.RoleDriver)
+	old, _, err := dialDriver(t, g, tok, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.CloseNow()
+	waitFor(t, "the first connection", func() bool { return g.drivers.Connected("d1") })
+	c, _, err := dialDriver(t, g, tok, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, _, err := old.Read(ctx); err == nil || ctx.Err() != nil {
+		t.Fatalf("the older connection: %v", err)
+	}
+	waitFor(t, "one connection", func() bool { return g.drivers.Connections() == 1 })
+	if !g.drivers.Send("d1", map[string]any{"type": "offer", "ride": "r1"}) {
+		t.Fatal("Send failed")
+	}
+	if _, b, err := c.Read(ctx); err != nil || !strings.Contains(string(b), `"r1"`) {
+		t.Fatalf("newer connection read %q, %v", b, err)
+	}
+}
+
+// Keepalive: a client that answers pings stays connected over several
+// ping periods; one that stops reading (so never answers) is closed.
+func TestDriverKeepalive(t *testing.T) {
+	g := newGateway(t, 1024, true, func(c *dispatch.DriversConfig) { c.PingEvery = 50 * time.Millisecond })
+	live, _, err := dialDriver(t, g, g.token(t, "live", dispatch.RoleDriver), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live.CloseRead(closeReads(t)) // reads, so answers pings
+	deaf, _, err := dialDriver(t, g, g.token(t, "deaf", dispatch.RoleDriver), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deaf.CloseNow()
+	waitFor(t, "both connections", func() bool { return g.drivers.Connections() == 2 })
+	waitFor(t, "the deaf driver closed", func() bool { return !g.drivers.Connected("deaf") })
+	if !g.drivers.Connected("live") {
+		t.Fatal("the driver that answers pings was closed")
+	}
+	if !g.drivers.Send("live", map[string]any{"type": "offer", "ride": "r1"}) {
+		t.Fatal("Send to the live driver failed")
+	}
+}
+
+// A driver that does not read: once the socket buffers are full its queue
+// fills, further messages are dropped and counted, and WriteTimeout
+// closes the connection.
+func TestDriverSlowConsumerDropsAndCloses(t *testing.T) {
+	g := newGateway(t, 1024, true, func(c *dispatch.DriversConfig) {
+		c.SendQueue, c.WriteTimeout, c.PingEvery = 4, 300*time.Millisecond, time.Hour
+	})
+	c, _, err := dialDriver(t, g, g.token(t, "slow", dispatch.RoleDriver), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	waitFor(t, "the connection", func() bool { return g.drivers.Connected("slow") })
+	big := map[string]any{"type": "offer", "pad": strings.Repeat("x", 64<<10)}
+	deadline := time.Now().Add(20 * time.Second)
+	for g.drivers.Connected("slow") {
+		if time.Now().After(deadline) {
+			t.Fatalf("a driver that does not read is still connected; %+v", g.drivers.Stats())
+		}
+		g.drivers.Send("slow", big)
+		time.Sleep(time.Millisecond)
+	}
+	if st := g.drivers.Stats(); st.Dropped == 0 {
+		t.Fatalf("nothing dropped for a driver that does not read: %+v", st)
+	}
+	if g.drivers.Send("slow", big) {
+		t.Fatal("Send to a closed driver succeeded")
+	}
+}
+
+// A frame the client sends in the same packet as its handshake reaches
+// the gateway: the hijack keeps the bytes the HTTP server read ahead.
+func TestDriverFrameRightAfterHandshake(t *testing.T) {
+	g := newGateway(t, 1024, true)
+	nc, err := net.Dial("tcp", strings.TrimPrefix(g.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	payload := "not json"
+	req := "GET /v1/drivers/ws HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
+		"Authorization: Bearer " + g.token(t, "d1", dispatch.RoleDriver) + "\r\n\r\n"
+	// One masked text frame; a zero mask key leaves the payload as is.
+	frame := append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+	if _, err := nc.Write(append([]byte(req), frame...)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	var hdr [2]byte
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	n := int(hdr[1] & 0x7f)
+	if n == 126 {
+		var ext [2]byte
+		if _, err := io.ReadFull(br, ext[:]); err != nil {
+			t.Fatal(err)
+		}
+		n = int(ext[0])<<8 | int(ext[1])
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(br, body); err != nil {
+		t.Fatal(err)
+	}
+	if hdr[0] != 0x81 || !strings.Contains(string(body), "invalid_json") {
+		t.Fatalf("answer to a frame sent with the handshake: %#x %s", hdr[0], body)
 	}
 }
