@@ -250,12 +250,12 @@ func (d *Dispatcher) Start(r Ride) error {
 	go func() {
 		defer d.wg.Done()
 		defer cancel()
-		d.run(ctx, r, s)
+		last := d.run(ctx, r, s)
 		d.searchesMu.Lock()
 		delete(d.searches, r.ID)
 		d.searchesMu.Unlock()
 		if d.base.Err() == nil { // at shutdown the sweep of a survivor ends it
-			d.settle(r.ID)
+			d.settle(last)
 		}
 	}()
 	return nil
@@ -303,17 +303,25 @@ func (d *Dispatcher) Stop(id RideID) {
 	}
 }
 
-// settle stops tracking ride id's search if the ride is past it (accepted
-// or further, or ended); a ride a failed write left searching or offered
-// stays tracked for the sweep to end.
-func (d *Dispatcher) settle(id RideID) {
+// settle stops tracking the search of ride last (as the search last wrote
+// or saw it) if the ride is past it (accepted or further, or ended); a ride
+// a failed write left searching or offered stays tracked for the sweep to
+// end. A search that wrote the ride past searching needs no read: those
+// states never go back.
+func (d *Dispatcher) settle(last Ride) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	r, err := d.cfg.Store.Get(ctx, id)
-	if (err == nil && (r.State.Terminal() || r.State >= Accepted)) || errors.Is(err, ErrRideNotFound) {
-		d.cfg.Store.UntrackSearch(ctx, id)
+	if !pastSearch(last.State) {
+		r, err := d.cfg.Store.Get(ctx, last.ID)
+		if !(err == nil && pastSearch(r.State)) && !errors.Is(err, ErrRideNotFound) {
+			return
+		}
 	}
+	d.cfg.Store.UntrackSearch(ctx, last.ID)
 }
+
+// pastSearch reports whether a ride in st is done with its search.
+func pastSearch(st State) bool { return st.Terminal() || st >= Accepted }
 
 // SweepEvery is how often Run looks for searches that died with their
 // process and for abandoned trips.
@@ -369,17 +377,17 @@ func (d *Dispatcher) sweepSearches(ctx context.Context) int {
 			var werr error
 			switch r.State {
 			case Offered:
-				if _, werr = d.apply(ctx, id, Event{Kind: EvOfferTimeout, Driver: r.Driver}); werr != nil {
+				if werr = d.apply(ctx, &r, Event{Kind: EvOfferTimeout, Driver: r.Driver}); werr != nil {
 					break
 				}
 				fallthrough
 			case Searching:
-				if _, werr = d.apply(ctx, id, Event{Kind: EvNoDriver}); werr == nil {
+				if werr = d.apply(ctx, &r, Event{Kind: EvNoDriver}); werr == nil {
 					d.noDriver.Add(1)
 					ended++
 				}
 			case Requested:
-				if _, werr = d.apply(ctx, id, Event{Kind: EvExpire}); werr == nil {
+				if werr = d.apply(ctx, &r, Event{Kind: EvExpire}); werr == nil {
 					ended++
 				}
 			}
@@ -392,14 +400,24 @@ func (d *Dispatcher) sweepSearches(ctx context.Context) int {
 	return ended
 }
 
-// apply records ev on ride id and tells the relay.
-func (d *Dispatcher) apply(ctx context.Context, id RideID, ev Event) (Ride, error) {
+// apply records ev on the ride cur, the ride as the caller last wrote or
+// read it, and tells the relay. It keeps cur current: the ride after the
+// write, or as stored when the event was illegal. After another error cur
+// stays as it was (the write may have landed; the next write's
+// compare-and-set finds out).
+func (d *Dispatcher) apply(ctx context.Context, cur *Ride, ev Event) error {
 	ev.At = d.cfg.Now()
-	r, err := d.cfg.Store.Apply(ctx, id, ev)
-	if err == nil && d.cfg.Relay != nil {
-		d.cfg.Relay.Notify(id)
+	r, err := d.cfg.Store.ApplyFrom(ctx, *cur, ev)
+	switch {
+	case err == nil:
+		*cur = r
+		if d.cfg.Relay != nil {
+			d.cfg.Relay.Notify(r.ID)
+		}
+	case errors.Is(err, ErrIllegalTransition) && r.ID == cur.ID:
+		*cur = r
 	}
-	return r, err
+	return err
 }
 
 // OfferMessage is what a driver receives when offered a ride.
@@ -413,14 +431,17 @@ type OfferMessage struct {
 	ExpiresAt time.Time  `json:"expires_at"`
 }
 
-func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
+// run is the search of ride r and returns the ride as the search last
+// wrote or saw it. Every write goes from that copy (see apply), so a
+// search reads the ride only when someone else wrote it meanwhile.
+func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 	log := d.cfg.Logger.With("ride", r.ID)
 	// Writes that must land even when the search is cancelled or timed out
 	// use final(ctx).
-	if _, err := d.apply(ctx, r.ID, Event{Kind: EvSearch}); err != nil {
+	if err := d.apply(ctx, &r, Event{Kind: EvSearch}); err != nil {
 		d.errs.Add(1)
 		log.Warn("search: cannot start", "err", err)
-		return
+		return r
 	}
 	started := time.Now()
 	var tried []positions.DriverID
@@ -434,13 +455,13 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 				d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
 				cancel()
 			}
-			d.end(r.ID, log)
-			return
+			d.end(&r, log)
+			return r
 		case errors.Is(err, matcher.ErrNoDriver):
 			select {
 			case <-ctx.Done():
-				d.end(r.ID, log)
-				return
+				d.end(&r, log)
+				return r
 			case <-time.After(d.cfg.RetryEvery):
 				continue
 			}
@@ -449,8 +470,8 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 			log.Warn("search: find failed", "err", err)
 			select {
 			case <-ctx.Done():
-				d.end(r.ID, log)
-				return
+				d.end(&r, log)
+				return r
 			case <-time.After(d.cfg.RetryEvery):
 				continue
 			}
@@ -460,10 +481,10 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 		for _, x := range round {
 			tried = append(tried, x.Driver)
 		}
-		if _, err := d.apply(ctx, r.ID, Event{Kind: EvOffer, Driver: o.Driver, ETA: o.ETA}); err != nil {
+		if err := d.apply(ctx, &r, Event{Kind: EvOffer, Driver: o.Driver, ETA: o.ETA}); err != nil {
 			d.releaseAll(ctx, r.ID, round)
 			if errors.Is(err, ErrIllegalTransition) { // cancelled meanwhile
-				return
+				return r
 			}
 			d.errs.Add(1)
 			log.Warn("search: recording offer failed", "err", err)
@@ -488,20 +509,21 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) {
 		}
 		if len(live) == 0 {
 			fctx, cancel := final(ctx)
-			d.apply(fctx, r.ID, Event{Kind: EvOfferTimeout, Driver: o.Driver})
+			d.apply(fctx, &r, Event{Kind: EvOfferTimeout, Driver: o.Driver})
 			cancel()
 			continue
 		}
-		accepted, done := d.await(ctx, r, s, o.Driver, live, log)
+		accepted, done := d.await(ctx, &r, s, o.Driver, live, log)
 		if accepted || done {
-			return
+			return r
 		}
 	}
 	fctx, cancel := final(ctx)
 	defer cancel()
-	if _, err := d.apply(fctx, r.ID, Event{Kind: EvNoDriver}); err == nil {
+	if err := d.apply(fctx, &r, Event{Kind: EvNoDriver}); err == nil {
 		d.noDriver.Add(1)
 	}
+	return r
 }
 
 // final returns a context for writes that must land even when the search
@@ -536,12 +558,12 @@ func (d *Dispatcher) releaseAll(ctx context.Context, id RideID, offers []Offer) 
 	}
 }
 
-// await waits for the answers to one round of offers (primary is the
-// driver the ride records as offered). The first accept wins and the rest
+// await waits for the answers to one round of offers of ride r (kept
+// current as in run; primary is the driver the ride records as offered). The first accept wins and the rest
 // of the round gets offer_cancelled; the round ends in decline when every
 // driver declined, and in timeout when the timer fires first. It reports
 // accepted, and done when the search is over either way.
-func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, primary positions.DriverID, round []Offer, log *slog.Logger) (accepted, done bool) {
+func (d *Dispatcher) await(ctx context.Context, r *Ride, s *search, primary positions.DriverID, round []Offer, log *slog.Logger) (accepted, done bool) {
 	pending := make(map[positions.DriverID]Offer, len(round))
 	for _, o := range round {
 		pending[o.Driver] = o
@@ -555,7 +577,7 @@ func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, primary posit
 	step := func(kind EventKind) {
 		fctx, cancel := final(ctx)
 		defer cancel()
-		d.apply(fctx, r.ID, Event{Kind: kind, Driver: primary})
+		d.apply(fctx, r, Event{Kind: kind, Driver: primary})
 	}
 	// dropAll releases every pending driver and tells them msg.
 	dropAll := func(msg string) {
@@ -574,7 +596,7 @@ func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, primary posit
 			if d.base.Err() == nil {
 				step(EvOfferTimeout)
 			}
-			d.end(r.ID, log)
+			d.end(r, log)
 			return false, true
 		case <-timer.C:
 			d.timedOut.Add(uint64(len(pending)))
@@ -608,12 +630,12 @@ func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, primary posit
 				return false, false
 			}
 			actx, acancel := final(ctx)
-			_, err := d.apply(actx, r.ID, Event{Kind: EvAccept, Driver: o.Driver, Token: int64(o.Token), FanOut: o.Driver != primary})
+			err := d.apply(actx, r, Event{Kind: EvAccept, Driver: o.Driver, Token: int64(o.Token), FanOut: o.Driver != primary})
 			if err != nil {
 				// An error can hide a write that landed (its reply lost):
 				// keep the trip lock if the ride says it is this driver's.
 				if cur, gerr := d.cfg.Store.Get(actx, r.ID); gerr == nil && cur.State >= Accepted && cur.State <= Completed && cur.Driver == o.Driver {
-					err = nil
+					*r, err = cur, nil
 				}
 			}
 			acancel()
@@ -631,15 +653,15 @@ func (d *Dispatcher) await(ctx context.Context, r Ride, s *search, primary posit
 	}
 }
 
-// end records why a search stopped early: a deadline becomes no_driver; a
-// cancel was recorded by whoever cancelled.
-func (d *Dispatcher) end(id RideID, log *slog.Logger) {
+// end records why the search of r stopped early: a deadline becomes
+// no_driver; a cancel was recorded by whoever cancelled.
+func (d *Dispatcher) end(r *Ride, log *slog.Logger) {
 	if d.base.Err() != nil {
 		return // shutting down: the ride stays as it is
 	}
 	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := d.apply(fctx, id, Event{Kind: EvNoDriver}); err == nil {
+	if err := d.apply(fctx, r, Event{Kind: EvNoDriver}); err == nil {
 		d.noDriver.Add(1)
 	} else if !errors.Is(err, ErrIllegalTransition) {
 		log.Warn("recording no_driver failed", "err", err)
@@ -706,7 +728,7 @@ func (d *Dispatcher) expireTrip(ctx context.Context, id RideID, st State, now ti
 	}
 	// The check runs on every compare-and-set attempt: a step the driver
 	// takes meanwhile wins over the expiry.
-	after, err := d.cfg.Store.applyChecked(ctx, id, Event{Kind: EvExpire, At: now}, func(cur Ride) error {
+	after, err := d.cfg.Store.apply(ctx, id, &r, Event{Kind: EvExpire, At: now}, func(cur Ride) error {
 		if cur.State != st || now.Sub(cur.UpdatedAt) < limit {
 			return errMovedOn
 		}

@@ -3,7 +3,6 @@ package dispatch
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -86,9 +85,17 @@ type RelayStats struct {
 }
 
 // Relay moves ride events from the rides' Redis outboxes to Kafka, oldest
-// first, and trims each outbox only after Kafka acknowledged what it held,
-// with a compare-and-trim so a concurrent relay can duplicate an event but
-// never drop one.
+// first, and removes from an outbox only the events Kafka acknowledged,
+// each by its value (LREM; a ride's events differ in version, so no two
+// are equal), so a concurrent relay can duplicate an event but never drop
+// one.
+//
+// It drains many rides at once: the outboxes of every ride it was told
+// about since the last pass (up to Batch rides) are read in one pipelined
+// round trip, produced in one ProduceSync and trimmed in one more round
+// trip. A ride's events keep their order: they are read in order, go to
+// one partition under the ride's key in one produce, and a ride's events
+// are removed only when all of them were acknowledged.
 //
 // One goroutine (Run) owns the draining; Notify may be called from any
 // goroutine.
@@ -136,8 +143,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case id := <-r.wake:
-			if err := r.Drain(ctx, id); err != nil && ctx.Err() == nil {
-				r.cfg.Logger.Warn("ride events: drain failed; the sweep retries", "ride", id, "err", err)
+			ids := r.queued(id)
+			if err := r.drain(ctx, ids); err != nil && ctx.Err() == nil {
+				r.cfg.Logger.Warn("ride events: drain failed; the sweep retries", "rides", len(ids), "err", err)
 			}
 		case <-t.C:
 			r.sweep(ctx)
@@ -145,10 +153,42 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
+// queued returns first and the distinct rides notified after it, up to
+// Batch, without waiting.
+func (r *Relay) queued(first RideID) []RideID {
+	ids := []RideID{first}
+	seen := map[RideID]bool{first: true}
+	for len(ids) < r.cfg.Batch {
+		select {
+		case id := <-r.wake:
+			if !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+		default:
+			return ids
+		}
+	}
+	return ids
+}
+
 // sweep drains every outbox in Redis.
 func (r *Relay) sweep(ctx context.Context) {
 	match := r.store.cfg.Prefix + "outbox:*"
 	scan := func(ctx context.Context, c *redis.Client) error {
+		var ids []RideID
+		flush := func() error {
+			err := r.drain(ctx, ids)
+			ids = ids[:0]
+			if err != nil {
+				// Outboxes that keep failing must not stall the rest.
+				r.cfg.Logger.Warn("ride events: drain failed; retried next sweep", "err", err)
+				if ctx.Err() != nil {
+					return err
+				}
+			}
+			return nil
+		}
 		it := c.Scan(ctx, 0, match, 1000).Iterator()
 		for it.Next(ctx) {
 			key := it.Val()
@@ -156,15 +196,19 @@ func (r *Relay) sweep(ctx context.Context) {
 			if i < 0 || j < i {
 				continue
 			}
-			if err := r.Drain(ctx, RideID(key[i+1:j])); err != nil {
-				// One outbox that keeps failing must not stall the rest.
-				r.cfg.Logger.Warn("ride events: drain failed; retried next sweep", "ride", key[i+1:j], "err", err)
-				if ctx.Err() != nil {
+			if ids = append(ids, RideID(key[i+1:j])); len(ids) == r.cfg.Batch {
+				if err := flush(); err != nil {
 					return err
 				}
 			}
 		}
-		return it.Err()
+		if err := it.Err(); err != nil {
+			return err
+		}
+		if len(ids) > 0 {
+			return flush()
+		}
+		return nil
 	}
 	var err error
 	switch c := r.store.rdb.(type) {
@@ -181,43 +225,88 @@ func (r *Relay) sweep(ctx context.Context) {
 	}
 }
 
-var trimScript = redis.NewScript(`
-if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then
-  redis.call('LTRIM', KEYS[1], tonumber(ARGV[2]), -1)
-  return 1
-end
-return 0
-`)
-
 // Drain moves ride id's pending events to Kafka, in order.
 func (r *Relay) Drain(ctx context.Context, id RideID) error {
-	key := r.store.outboxKey(id)
-	for {
-		evs, err := r.store.rdb.LRange(ctx, key, 0, int64(r.cfg.Batch-1)).Result()
+	return r.drain(ctx, []RideID{id})
+}
+
+// drain moves the pending events of rides ids to Kafka: up to Batch
+// events per ride a pass, passes until none is left for any of them.
+func (r *Relay) drain(ctx context.Context, ids []RideID) error {
+	for len(ids) > 0 {
+		more, err := r.drainOnce(ctx, ids)
 		if err != nil {
-			r.errs.Add(1)
-			return fmt.Errorf("%w: reading outbox of %s: %w", ErrStoreUnavailable, id, err)
+			return err
 		}
-		if len(evs) == 0 {
-			return nil
+		ids = more
+	}
+	return nil
+}
+
+// drainOnce moves up to Batch events of each of rides ids to Kafka and
+// returns the rides that had more.
+func (r *Relay) drainOnce(ctx context.Context, ids []RideID) (more []RideID, err error) {
+	rdb := r.store.rdb
+	reads := make([]*redis.StringSliceCmd, len(ids))
+	_, err = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			reads[i] = p.LRange(ctx, r.store.outboxKey(id), 0, int64(r.cfg.Batch-1))
 		}
-		recs := make([]*kgo.Record, len(evs))
-		for i, e := range evs {
-			recs[i] = &kgo.Record{Topic: r.cfg.Topic, Key: []byte(id), Value: []byte(e)}
-		}
-		if err := r.cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-			r.errs.Add(1)
-			return fmt.Errorf("ride events: producing %d events of %s: %w", len(recs), id, err)
-		}
-		r.produced.Add(uint64(len(recs)))
-		if err := trimScript.Run(ctx, r.store.rdb, []string{key}, evs[0], len(evs)).Err(); err != nil && !errors.Is(err, redis.Nil) {
-			r.errs.Add(1)
-			return fmt.Errorf("%w: trimming outbox of %s: %w", ErrStoreUnavailable, id, err)
-		}
-		if len(evs) < r.cfg.Batch {
-			return nil
+		return nil
+	})
+	if err != nil {
+		r.errs.Add(1)
+		return nil, fmt.Errorf("%w: reading the outboxes of %d rides: %w", ErrStoreUnavailable, len(ids), err)
+	}
+	evs := make([][]string, len(ids))
+	var recs []*kgo.Record
+	for i, id := range ids {
+		evs[i] = reads[i].Val()
+		for _, e := range evs[i] {
+			recs = append(recs, &kgo.Record{Topic: r.cfg.Topic, Key: []byte(id), Value: []byte(e)})
 		}
 	}
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	// A ride whose events were not all acknowledged keeps them all: the
+	// next pass sends them again, in order (duplicates, never a gap).
+	failed := map[string]bool{}
+	var firstErr error
+	for _, res := range r.cl.ProduceSync(ctx, recs...) {
+		if res.Err != nil {
+			failed[string(res.Record.Key)] = true
+			if firstErr == nil {
+				firstErr = res.Err
+			}
+			continue
+		}
+		r.produced.Add(1)
+	}
+	trim := rdb.Pipeline()
+	for i, id := range ids {
+		if failed[string(id)] {
+			continue
+		}
+		for _, e := range evs[i] {
+			trim.LRem(ctx, r.store.outboxKey(id), 1, e)
+		}
+		if len(evs[i]) == r.cfg.Batch {
+			more = append(more, id)
+		}
+	}
+	if trim.Len() > 0 {
+		_, err = trim.Exec(ctx)
+	}
+	if err != nil {
+		r.errs.Add(1)
+		return nil, fmt.Errorf("%w: trimming the outboxes of %d rides: %w", ErrStoreUnavailable, len(ids), err)
+	}
+	if firstErr != nil {
+		r.errs.Add(1)
+		return nil, fmt.Errorf("ride events: producing the events of %d of %d rides: %w", len(failed), len(ids), firstErr)
+	}
+	return more, nil
 }
 
 // DecodeRideEvent decodes one ride-events record value.

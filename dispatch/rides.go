@@ -192,7 +192,7 @@ func (h *Rides) request(w http.ResponseWriter, r *http.Request) {
 		if err := h.cfg.Dispatcher.Start(stored); err != nil {
 			// At capacity or Redis trouble: the ride cannot be matched
 			// now; end it rather than leave it waiting for nobody.
-			if ended, aerr := h.cfg.Store.Apply(r.Context(), id, Event{Kind: EvExpire, At: h.cfg.Now()}); aerr == nil {
+			if ended, aerr := h.cfg.Store.ApplyFrom(r.Context(), stored, Event{Kind: EvExpire, At: h.cfg.Now()}); aerr == nil {
 				stored = ended
 			}
 			WriteError(w, &APIError{Status: http.StatusServiceUnavailable, Code: "busy", Message: "matching is at capacity; retry shortly", RetryAfter: 2 * time.Second})
@@ -249,7 +249,7 @@ func (h *Rides) cancel(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
-	ended, err := h.cfg.Store.Apply(r.Context(), ride.ID, Event{Kind: EvRiderCancel, At: h.cfg.Now()})
+	ended, err := h.cfg.Store.ApplyFrom(r.Context(), ride, Event{Kind: EvRiderCancel, At: h.cfg.Now()})
 	if err != nil {
 		WriteError(w, storeError(err))
 		return
@@ -305,7 +305,8 @@ func (h *Rides) DriverAction(ctx context.Context, driver positions.DriverID, id 
 		}
 		return ride, nil
 	case EvArrive, EvStart, EvComplete, EvDriverCancel:
-		next, err := h.cfg.Store.Apply(ctx, ride.ID, Event{Kind: kind, Driver: driver, At: h.cfg.Now()})
+		// From the ride just read: no second read unless it moved on.
+		next, err := h.cfg.Store.ApplyFrom(ctx, ride, Event{Kind: kind, Driver: driver, At: h.cfg.Now()})
 		if err != nil {
 			return Ride{}, storeError(err)
 		}

@@ -31,11 +31,12 @@ func TestCASResendIsIdempotent(t *testing.T) {
 	}
 	data, _ := json.Marshal(next)
 	out, _ := json.Marshal(NewRideEvent(next, EvSearch.String(), r.State))
-	run := func() int {
-		n, err := casScript.Run(ctx, rdb, []string{s.key(r.ID), s.outboxKey(r.ID)}, "1", "2", data, 0, out).Int()
+	run := func() int64 {
+		res, err := casScript.Run(ctx, rdb, []string{s.key(r.ID), s.outboxKey(r.ID)}, "1", "2", data, 0, out).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}
+		n, _ := res[0].(int64)
 		return n
 	}
 	if first, resend := run(), run(); first != 1 || resend != 1 {
@@ -48,7 +49,7 @@ func TestCASResendIsIdempotent(t *testing.T) {
 	other := next
 	other.Offers = 99
 	data, _ = json.Marshal(other)
-	if n, _ := casScript.Run(ctx, rdb, []string{s.key(r.ID), s.outboxKey(r.ID)}, "1", "2", data, 0, out).Int(); n != 0 {
+	if n := run(); n != 0 {
 		t.Fatalf("a conflicting write got %d, want 0", n)
 	}
 }

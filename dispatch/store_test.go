@@ -115,3 +115,122 @@ func TestStoreRedisDownFailsFast(t *testing.T) {
 		t.Fatalf("Get after restart: %v", err)
 	}
 }
+
+// outboxVersions returns the versions of ride id's pending events, in
+// outbox order.
+func outboxVersions(t *testing.T, srv *redistest.Server, id dispatch.RideID) []uint64 {
+	t.Helper()
+	raw, err := srv.Client(t).LRange(context.Background(), "hexd:outbox:{"+string(id)+"}", 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []uint64
+	for _, b := range raw {
+		e, err := dispatch.DecodeRideEvent([]byte(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, e.Version)
+	}
+	return out
+}
+
+// TestStoreApplyFromStaleCopy: a write from the caller's copy of a ride
+// lands on the ride as stored whatever the copy's age, refuses an event
+// only when the stored ride makes it illegal, and logs every transition
+// once, in version order.
+func TestStoreApplyFromStaleCopy(t *testing.T) {
+	d := positions.DriverID("d1")
+	tests := []struct {
+		name    string
+		stored  []dispatch.Event // applied after the copy was taken
+		ev      dispatch.Event
+		want    dispatch.State
+		illegal bool
+	}{
+		{name: "current copy", ev: dispatch.Event{Kind: dispatch.EvSearch}, want: dispatch.Searching},
+		{name: "stale copy, legal on both", stored: []dispatch.Event{{Kind: dispatch.EvSearch}},
+			ev: dispatch.Event{Kind: dispatch.EvRiderCancel}, want: dispatch.CancelledByRider},
+		{name: "stale copy, illegal on the copy only", stored: []dispatch.Event{{Kind: dispatch.EvSearch}},
+			ev: dispatch.Event{Kind: dispatch.EvOffer, Driver: d}, want: dispatch.Offered},
+		{name: "stale copy, illegal on the stored ride", stored: []dispatch.Event{{Kind: dispatch.EvRiderCancel}},
+			ev: dispatch.Event{Kind: dispatch.EvSearch}, want: dispatch.CancelledByRider, illegal: true},
+		{name: "copy two versions behind", stored: []dispatch.Event{{Kind: dispatch.EvSearch}, {Kind: dispatch.EvOffer, Driver: d}},
+			ev: dispatch.Event{Kind: dispatch.EvAccept, Driver: d}, want: dispatch.Accepted},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, srv := newStore(t)
+			ctx := context.Background()
+			mine, _ := dispatch.NewRide("r-from", "u1", pickup, dropoff, t0)
+			if _, _, err := s.Create(ctx, mine); err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range tt.stored {
+				if _, err := s.Apply(ctx, mine.ID, ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before, _ := s.Get(ctx, mine.ID)
+			got, err := s.ApplyFrom(ctx, mine, tt.ev)
+			if tt.illegal != errors.Is(err, dispatch.ErrIllegalTransition) || (!tt.illegal && err != nil) {
+				t.Fatalf("ApplyFrom: %v (illegal wanted: %v)", err, tt.illegal)
+			}
+			if got.State != tt.want {
+				t.Fatalf("returned ride in %s, want %s", got.State, tt.want)
+			}
+			stored, _ := s.Get(ctx, mine.ID)
+			wantVersion := before.Version + 1
+			if tt.illegal {
+				wantVersion = before.Version
+			}
+			if stored.State != tt.want || stored.Version != wantVersion || got.Version != wantVersion {
+				t.Fatalf("stored %s v%d, returned v%d; want %s v%d", stored.State, stored.Version, got.Version, tt.want, wantVersion)
+			}
+			vs := outboxVersions(t, srv, mine.ID)
+			if uint64(len(vs)) != wantVersion {
+				t.Fatalf("outbox versions %v, want 1..%d", vs, wantVersion)
+			}
+			for i, v := range vs {
+				if v != uint64(i+1) {
+					t.Fatalf("outbox versions %v, want 1..%d", vs, wantVersion)
+				}
+			}
+		})
+	}
+}
+
+// TestStoreApplyFromTracksTrips: a write into accepted, arrived or in_trip
+// tracks the ride under its new state and drops it from the old one, also
+// when the compare-and-set script is not loaded yet (the pipelined path
+// falls back to loading it).
+func TestStoreApplyFromTracksTrips(t *testing.T) {
+	s, srv := newStore(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	d := positions.DriverID("d1")
+	r, _ := dispatch.NewRide("r-trip", "u1", pickup, dropoff, t0)
+	r, _, err := s.Create(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tracked := func(st dispatch.State) bool {
+		_, err := rdb.ZScore(ctx, "hexd:trips:"+st.String(), string(r.ID)).Result()
+		return err == nil
+	}
+	for i, ev := range []dispatch.Event{{Kind: dispatch.EvSearch}, {Kind: dispatch.EvOffer, Driver: d},
+		{Kind: dispatch.EvAccept, Driver: d}, {Kind: dispatch.EvArrive, Driver: d}, {Kind: dispatch.EvStart, Driver: d}} {
+		if i%2 == 0 {
+			rdb.ScriptFlush(ctx) // every other write finds no script loaded
+		}
+		prev := r.State
+		if r, err = s.ApplyFrom(ctx, r, ev); err != nil {
+			t.Fatalf("%s: %v", ev.Kind, err)
+		}
+		for _, st := range []dispatch.State{dispatch.Accepted, dispatch.Arrived, dispatch.InTrip} {
+			if want := st == r.State; tracked(st) != want {
+				t.Fatalf("after %s (%s -> %s): tracked in %s = %v, want %v", ev.Kind, prev, r.State, st, !want, want)
+			}
+		}
+	}
+}

@@ -70,8 +70,28 @@ import (
 // lifecycle is written, as in steady state. Errors count failed or
 // refused requests (non-201), rides with no offer within e2eDrain after
 // the loop, skipped sends, and error frames drivers received.
+//
+// With -peer redis the same run is repeated with the engine's ride store
+// and leases on the peer's redis-server (-redis) instead of the embedded
+// miniredis, as system "hexdispatch/redis-server": miniredis runs every
+// command and Lua script in the engine's process under one lock, so the
+// two bound the cost of Redis in one process from both sides. That run
+// also reports the Redis commands per created ride (INFO commandstats,
+// the commands scripts run included).
 func init() {
-	register(Workload{Name: "match-e2e", Sized: true, Run: runMatchE2E})
+	register(Workload{Name: "match-e2e", Sized: true, Run: runMatchE2E, RedisPeer: redisMatchE2E})
+}
+
+// e2eRedisSystem names match-e2e results on a real redis-server.
+const e2eRedisSystem = "hexdispatch/redis-server"
+
+func runMatchE2E(ctx context.Context, env Env) ([]Result, error) {
+	return matchE2E(ctx, env, nil)
+}
+
+// redisMatchE2E is match-e2e with the engine on the peer's redis-server.
+func redisMatchE2E(ctx context.Context, env Env, p *redisPeer) ([]Result, error) {
+	return matchE2E(ctx, env, p)
 }
 
 const (
@@ -121,7 +141,9 @@ type e2eRun struct {
 	positions, positionErrs               atomic.Int64
 }
 
-func runMatchE2E(ctx context.Context, env Env) ([]Result, error) {
+// matchE2E runs match-e2e against an engine on the embedded miniredis, or
+// on peer's redis-server when peer is set.
+func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	n := env.Drivers
 	f := newFleet(n, env.Seed)
 	var avail []int
@@ -167,7 +189,16 @@ func runMatchE2E(ctx context.Context, env Env) ([]Result, error) {
 	}
 	defer cleanup()
 	rev := engineRevision(ctx) // the tree may move on while the run goes
-	base, stop, err := startEngine(ctx, bin, "-partitions", "16", "-ttl", (3 * env.Refresh).String())
+	args := []string{"-partitions", "16", "-ttl", (3 * env.Refresh).String()}
+	system := "hexdispatch"
+	if peer != nil {
+		// A clean keyspace and command counts for this run only.
+		if err := peer.Client.FlushAll(ctx).Err(); err != nil {
+			return nil, fmt.Errorf("match-e2e: redis peer: %w", err)
+		}
+		args, system = append(args, "-redis", peer.Addr), e2eRedisSystem
+	}
+	base, stop, err := startEngine(ctx, bin, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -205,6 +236,9 @@ func runMatchE2E(ctx context.Context, env Env) ([]Result, error) {
 	g.Go(func() error { return r.refresh(gctx, drivers, env.Refresh) })
 
 	riders := r.dialer.httpClient(1024)
+	if peer != nil {
+		peer.Client.ConfigResetStat(ctx) // count the rides' commands, not the start's
+	}
 	pos0 := r.positions.Load()
 	elapsed, lag := r.requestRides(gctx, riders, env)
 	positionsPerS := float64(r.positions.Load()-pos0) / elapsed.Seconds()
@@ -228,10 +262,13 @@ func runMatchE2E(ctx context.Context, env Env) ([]Result, error) {
 	noOffer := r.created.Load() - int64(len(t.samples))
 	r.ridesMu.Unlock()
 	engineStats := engineOfferStats(base)
+	if peer != nil {
+		engineStats += "; " + redisPerRide(ctx, peer, r.created.Load())
+	}
 
 	errs := r.httpErrs.Load() + r.skipped.Load() + noOffer + r.driverErrs.Load()
 	res := Result{
-		System: "hexdispatch", Workload: "match-e2e", Drivers: n,
+		System: system, Workload: "match-e2e", Drivers: n,
 		OpsPerS:    round(float64(r.created.Load()) / elapsed.Seconds()),
 		TargetPerS: env.Rate,
 		P50us:      round(t.Percentile(50)), P99us: round(t.Percentile(99)),
@@ -725,4 +762,33 @@ func engineOfferStats(base string) string {
 	return fmt.Sprintf("%.0f searches, %.0f offers timed out, %.0f no_driver, %.0f dispatch errors, %.0f positions shed",
 		get("hexd_dispatch_searches_total"), get(`hexd_dispatch_offers_total{outcome="timed_out"}`),
 		get("hexd_dispatch_no_driver_total"), get("hexd_dispatch_errors_total"), get("hexd_gateway_shed_total"))
+}
+
+// redisPerRide summarises the peer's INFO commandstats since the last
+// CONFIG RESETSTAT per created ride: all commands (those Lua scripts run
+// included, as Redis counts them) and the scripts among them.
+func redisPerRide(ctx context.Context, p *redisPeer, rides int64) string {
+	info, err := p.Client.Info(ctx, "commandstats").Result()
+	if err != nil || rides == 0 {
+		return fmt.Sprintf("redis commands per ride unknown (%v)", err)
+	}
+	var all, scripts float64
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		name, isCmd := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !isCmd {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+		v, err := strconv.ParseFloat(calls, 64)
+		if err != nil || strings.HasPrefix(name, "config") || strings.HasPrefix(name, "info") {
+			continue
+		}
+		all += v
+		if name == "evalsha" || name == "eval" {
+			scripts += v
+		}
+	}
+	return fmt.Sprintf("redis-server: %.1f commands per created ride, %.1f of them Lua scripts (INFO commandstats, script-inner commands included)",
+		all/float64(rides), scripts/float64(rides))
 }
