@@ -162,7 +162,7 @@ func (o *opsServer) heatmap(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	list, truncated := ranked(values, hq.bbox)
-	buf := make([]byte, 0, 256+len(list)*200)
+	buf := make([]byte, 0, 256+len(list)*240)
 	buf = appendHeatmapHead(buf, hq, missed, truncated, o.cfg.Now())
 	buf = append(buf, `,"cells":[`...)
 	buf = appendCells(buf, list, nil)

@@ -93,6 +93,7 @@ type Index struct {
 
 	q          query // scratch for Nearest, reused so queries do not allocate
 	searchMode searchMode
+	cellsHint  [16]int // CellCounts' last answer size per resolution
 }
 
 // NewIndex returns an empty Index.
@@ -310,7 +311,10 @@ func (x *Index) CellCounts(res int, f Filter) (map[geo.Cell]int, error) {
 		return nil, fmt.Errorf("%w: resolution %d", geo.ErrInvalidResolution, res)
 	}
 	now := x.cfg.Now().UnixNano()
-	out := make(map[geo.Cell]int)
+	// Sized like the last answer at this resolution: growing a map of
+	// thousands of cells costs more than the counting.
+	out := make(map[geo.Cell]int, x.cellsHint[res])
+	defer func() { x.cellsHint[res] = len(out) }()
 	for i := range x.slab {
 		r := &x.slab[i]
 		e := r.c.entries[r.pos]

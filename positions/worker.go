@@ -695,11 +695,18 @@ func (w *Worker) CellCounts(ctx context.Context, req CellCountsRequest) (CellCou
 		r := req
 		return ownerQuery{counts: &r}
 	})
-	resp := CellCountsResponse{Counts: make(map[geo.Cell]int), Missed: missed}
+	size := 0
 	for _, r := range replies {
 		if r.err != nil {
 			return CellCountsResponse{}, r.err
 		}
+		size += len(r.counts)
+	}
+	if len(replies) == 1 {
+		return CellCountsResponse{Counts: replies[0].counts, Missed: missed}, nil
+	}
+	resp := CellCountsResponse{Counts: make(map[geo.Cell]int, size), Missed: missed}
+	for _, r := range replies {
 		for c, n := range r.counts {
 			resp.Counts[c] += n
 		}

@@ -88,6 +88,15 @@ func (s ownersSupply) CellCounts(ctx context.Context, res int, f positions.Filte
 		all[i] = positions.Partition(i)
 	}
 	groups, missed := s.owners.Lookup(ctx, all)
+	if len(groups) == 1 { // one owner (in-process): its answer is the sum
+		g := groups[0]
+		r, err := g.Querier.CellCounts(ctx, positions.CellCountsRequest{Partitions: g.Partitions, Res: res, Filter: f})
+		if err != nil {
+			s.owners.Stale(g.Owner, g.Partitions)
+			return map[geo.Cell]int{}, append(missed, g.Partitions...), nil
+		}
+		return r.Counts, append(missed, r.Missed...), nil
+	}
 	out := make(map[geo.Cell]int)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
