@@ -73,6 +73,7 @@ func TestSplitRolesMatchARide(t *testing.T) {
 	// The position travels api -> Kafka -> a worker, and the worker's
 	// ownership reaches Redis on its next heartbeat: request until offered.
 	deadline := time.Now().Add(45 * time.Second)
+request:
 	for seq := 1; ; seq++ {
 		b, _ := json.Marshal(map[string]any{"type": "position", "lat": 40.7590, "lng": -73.9845, "status": "available", "seq": seq})
 		if err := c.Write(ctx, websocket.MessageText, b); err != nil {
@@ -91,7 +92,7 @@ func TestSplitRolesMatchARide(t *testing.T) {
 					t.Fatal("driver WebSocket closed")
 				}
 				if id == ride["id"] {
-					return
+					break request
 				}
 			case <-wait:
 				break waiting
@@ -102,5 +103,40 @@ func TestSplitRolesMatchARide(t *testing.T) {
 		}
 		// Cancel the unmatched ride and try again.
 		call(t, "DELETE", base+"/v1/rides/"+ride["id"].(string), rider, "")
+	}
+
+	// The api's heatmap sums the cell counts of both workers: drivers
+	// across the city land in partitions each worker owns.
+	spots := [][2]float64{{40.7580, -73.9855}, {40.6782, -73.9442}, {40.7282, -73.7949}, {40.8448, -73.8648},
+		{40.5795, -74.1502}, {40.7769, -73.8740}, {40.6413, -73.7781}, {40.7061, -74.0087}}
+	for i, p := range spots {
+		id := "h" + strconv.Itoa(i)
+		if code, v := call(t, "POST", base+"/v1/drivers/"+id+"/location", mintToken(t, "driver", id),
+			`{"lat":`+strconv.FormatFloat(p[0], 'f', -1, 64)+`,"lng":`+strconv.FormatFloat(p[1], 'f', -1, 64)+`,"status":"available","seq":1}`); code != http.StatusAccepted {
+			t.Fatalf("location %s: %d %v", id, code, v)
+		}
+	}
+	ops := mintToken(t, "ops", "o1")
+	want := float64(len(spots) + 1) // and d1
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		code, h := call(t, "GET", base+"/v1/ops/heatmap?layer=drivers&res=7", ops, "")
+		total := 0.0
+		cells, _ := h["cells"].([]any)
+		for _, c := range cells {
+			total += c.(map[string]any)["value"].(float64)
+		}
+		if code == http.StatusOK && total == want && h["partial"] == false {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("api heatmap: %d, %v drivers (want %v), partial %v", code, total, want, h["partial"])
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, w := range workers {
+		code, body := get(t, w+"/metrics")
+		if code != http.StatusOK || sumMetric(body, "hexd_positions_drivers") < 1 {
+			t.Fatalf("worker %s holds no driver: the heatmap did not need both workers", w)
+		}
 	}
 }
