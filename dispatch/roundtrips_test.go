@@ -1,0 +1,201 @@
+package dispatch_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/hexdispatch/hexdispatch/dispatch"
+	"github.com/hexdispatch/hexdispatch/internal/redistest"
+	"github.com/hexdispatch/hexdispatch/matcher"
+	"github.com/hexdispatch/hexdispatch/positions"
+)
+
+// roundTrips counts what a go-redis client sends: round trips (a pipeline
+// is one) and commands, by name. It instruments the real client; nothing
+// is faked.
+type roundTrips struct {
+	mu    sync.Mutex
+	trips int
+	cmds  map[string]int
+}
+
+func (c *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.add(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.add(cmds...)
+		return next(ctx, cmds)
+	}
+}
+
+func (c *roundTrips) add(cmds ...redis.Cmder) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.trips++
+	for _, cmd := range cmds {
+		c.cmds[cmd.Name()]++
+	}
+}
+
+// take returns the counts since the last take and starts again.
+func (c *roundTrips) take() (int, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var names []string
+	for n, k := range c.cmds {
+		names = append(names, fmt.Sprintf("%s %d", n, k))
+	}
+	slices.Sort(names)
+	trips := c.trips
+	c.trips, c.cmds = 0, map[string]int{}
+	return trips, strings.Join(names, ", ")
+}
+
+// oneDriver is a Finder with one driver, reserved through the real
+// Leases: the gather is not what this test counts.
+type oneDriver struct {
+	leases *matcher.Leases
+	id     positions.DriverID
+}
+
+func (f oneDriver) Match(ctx context.Context, req matcher.MatchRequest) (matcher.Match, error) {
+	if slices.Contains(req.Exclude, f.id) {
+		return matcher.Match{}, matcher.ErrNoDriver
+	}
+	tok, err := f.leases.Reserve(ctx, f.id, req.Ride, 0)
+	if err != nil {
+		return matcher.Match{}, err
+	}
+	c := positions.Candidate{Driver: positions.Driver{ID: f.id, Pos: pickup}}
+	return matcher.Match{Ride: req.Ride, Driver: c, Token: tok, Tried: 1}, nil
+}
+
+// offers hands the dispatcher's offers to the test.
+type offers chan dispatch.OfferMessage
+
+func (o offers) Send(_ positions.DriverID, msg any) bool {
+	if m, ok := msg.(dispatch.OfferMessage); ok {
+		o <- m
+	}
+	return true
+}
+
+// TestRideRoundTrips counts the Redis round trips of one ride's whole
+// life, request to completion, through the real store, dispatcher, leases
+// and driver actions on a real redis-server, and keeps them from growing
+// (the count is exact: the same code sends the same commands). The relay
+// is left out: it drains many rides per round trip. Run with -v for the
+// commands of each step.
+func TestRideRoundTrips(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	count := &roundTrips{cmds: map[string]int{}}
+	rdb.AddHook(count)
+	watch := srv.Client(t) // the test's own reads, not counted
+	ctx := context.Background()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	store, err := dispatch.NewRideStore(rdb, dispatch.DefaultStoreConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases, err := matcher.NewLeases(rdb, matcher.DefaultLeaseConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const driver = positions.DriverID("d1")
+	sent := make(offers, 1)
+	xc := dispatch.DefaultDispatcherConfig()
+	xc.Store, xc.Finder, xc.Leases, xc.Notifier, xc.Logger = store, oneDriver{leases: leases, id: driver}, leases, sent, quiet
+	disp, err := dispatch.NewDispatcher(xc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(disp.Close)
+	rides, err := dispatch.NewRides(dispatch.RidesConfig{Store: store, Dispatcher: disp, Leases: leases, Signer: newSigner(t),
+		Now: time.Now, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// ride runs one ride and returns the round trips of each step.
+	ride := func(id dispatch.RideID) map[string]int {
+		trips := map[string]int{}
+		took := func(step string) {
+			n, cmds := count.take()
+			trips[step] = n
+			t.Logf("ride %s, %s: %d round trips (%s)", id, step, n, cmds)
+		}
+		count.take()
+		// The request handler's part: Create, then Start.
+		r, _ := dispatch.NewRide(id, "u1", pickup, dropoff, time.Now())
+		if _, _, err := store.Create(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if err := disp.Start(r); err != nil {
+			t.Fatal(err)
+		}
+		if o := <-sent; o.Ride != id {
+			t.Fatalf("offer of %s, want %s", o.Ride, id)
+		}
+		took("request to offer")
+		if _, err := rides.DriverAction(ctx, driver, id, dispatch.EvAccept); err != nil {
+			t.Fatal(err)
+		}
+		// The search ends (accept written, search untracked) on its own
+		// goroutine: wait for its last write.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			_, err := watch.ZScore(ctx, "hexd:searches", string(id)).Result()
+			if errors.Is(err, redis.Nil) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("search of %s still tracked: %v", id, err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		took("accept")
+		for _, step := range []dispatch.EventKind{dispatch.EvArrive, dispatch.EvStart, dispatch.EvComplete} {
+			if _, err := rides.DriverAction(ctx, driver, id, step); err != nil {
+				t.Fatalf("%s: %v", step, err)
+			}
+		}
+		took("arrived, start, complete")
+		return trips
+	}
+	ride("r-warm") // loads the scripts
+	trips := ride("r-counted")
+	total := 0
+	for _, n := range trips {
+		total += n
+	}
+	t.Logf("one ride, request to completion: %d Redis round trips", total)
+	// The budget, as counted when it was set: request to offer 5 (create,
+	// track the search, searching, reserve, offered), accept 4, the three
+	// trip steps 3 each (read, write, untrack the last state; the
+	// lease's release after complete).
+	if want := 5; trips["request to offer"] > want {
+		t.Errorf("request to offer: %d round trips, budget %d", trips["request to offer"], want)
+	}
+	if want := 19; total > want {
+		t.Errorf("one ride: %d round trips, budget %d", total, want)
+	}
+}
