@@ -52,6 +52,9 @@ type Env struct {
 	WSDrivers int
 	// Refresh is how often each of match-e2e's drivers reports again.
 	Refresh time.Duration
+	// APIProcs is how many api processes ws-conns spreads its
+	// connections over; 0 means as few as the open-file limit allows.
+	APIProcs int
 }
 
 // Workload is one named benchmark.

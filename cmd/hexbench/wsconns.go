@@ -3,9 +3,12 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,18 +17,29 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/hexdispatch/hexdispatch/dispatch"
 )
 
-// ws-conns opens -drivers idle driver WebSockets to a real hexdispatch
-// process (built from this module and started on loopback) and reports the
-// server's memory per connection: the growth of its Go heap plus goroutine
-// stacks, read from its own /metrics, divided by the connections.
+// ws-conns opens -drivers idle driver WebSockets to real hexdispatch
+// processes (built from this module and started on loopback) and reports
+// the servers' memory per connection: the growth of each process's Go
+// heap plus goroutine stacks, read from its own /metrics, divided by its
+// connections. Then every driver reports one position, riders request
+// rides, and the drivers' clients time each offer from the moment the
+// engine sent it (its expires_at less the offer timeout) to its arrival:
+// the offer fan-out latency with every connection open.
+//
+// One process holds at most the open-file limit's connections. When
+// -drivers needs more (or -api-procs asks), the engine runs split as on a
+// real deployment: a devbroker, a redis-server, one `-role worker` and
+// several `-role api` processes, each driver connected to one api process
+// and placed in that process's longitude band of the city, and each
+// ride requested at the api process of its pickup's band. The clients run
+// in child processes of hexbench (see wsclient.go) for the same reason.
 
 func init() {
 	register(Workload{Name: "ws-conns", Sized: true, Run: runWSConns})
@@ -33,10 +47,68 @@ func init() {
 
 const wsSecret = "hexbench-ws-secret-0123456789"
 
+// The offer phase: wsRideRate ride requests/s for -duration, each offered
+// to wsFanOut drivers at once. The offer timeout outlasts the phase, so
+// every offer is a first one and none is withdrawn while it travels.
+const (
+	wsRideRate     = 50
+	wsFanOut       = 8
+	wsOfferTimeout = 30 * time.Second
+	// wsFileReserve is what a process keeps of its open-file limit for
+	// everything but the driver connections.
+	wsFileReserve = 1000
+)
+
+// wsCity is the area the drivers and pickups are spread over (San
+// Francisco); api process k of n serves the k-th of n longitude bands.
+var wsCity = struct{ latLo, latHi, lngLo, lngHi float64 }{37.71, 37.80, -122.51, -122.39}
+
+// wsBand returns a random point of band k of n; inner keeps it in the
+// middle half of the band, away from the neighbours' drivers.
+func wsBand(rng *rand.Rand, k, n int, inner bool) (lat, lng float64) {
+	w := (wsCity.lngHi - wsCity.lngLo) / float64(n)
+	x := rng.Float64()
+	if inner {
+		x = 0.25 + x/2
+	}
+	return wsCity.latLo + rng.Float64()*(wsCity.latHi-wsCity.latLo), wsCity.lngLo + (float64(k)+x)*w
+}
+
+// wsPerProcess is how many connections one process may hold here.
+func wsPerProcess() (int, error) {
+	var r syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil {
+		return 0, err
+	}
+	if r.Max <= 2*wsFileReserve {
+		return 0, fmt.Errorf("ws-conns: open-file hard limit %d is too low", r.Max)
+	}
+	// The children inherit the soft limit.
+	if err := raiseFileLimit(r.Max); err != nil {
+		return 0, err
+	}
+	return int(r.Max) - wsFileReserve, nil
+}
+
+// wsProc is one api process (or, unsplit, the whole engine).
+type wsProc struct {
+	proc          *engineProc
+	conns         int
+	before, after float64 // heap + stacks
+}
+
 func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 	n := env.Drivers
-	if err := raiseFileLimit(uint64(n) + 256); err != nil {
-		return nil, fmt.Errorf("ws-conns: %d connections need more open files: %w", n, err)
+	per, err := wsPerProcess()
+	if err != nil {
+		return nil, err
+	}
+	procs := env.APIProcs
+	if procs == 0 {
+		procs = (n + per - 1) / per
+	}
+	if (n+procs-1)/procs > per {
+		return nil, fmt.Errorf("ws-conns: %d connections over %d api processes exceed %d per process (the open-file limit); use -api-procs %d", n, procs, per, (n+per-1)/per)
 	}
 	bin, cleanup, err := buildEngine(ctx)
 	if err != nil {
@@ -44,80 +116,359 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 	}
 	defer cleanup()
 	rev := engineRevision(ctx) // the tree may move on while the run goes
-	base, stop, err := startEngine(ctx, bin)
+	apis, worker, stop, err := startWSEngines(ctx, env, bin, procs)
 	if err != nil {
 		return nil, err
 	}
 	defer stop()
-	dialer := newSpreadDialer(n)
-	dialOpts := &websocket.DialOptions{HTTPClient: dialer.httpClient(1)}
-	before, err := engineMemory(base)
-	if err != nil {
-		return nil, err
+	for i := range n {
+		apis[i%procs].conns++
 	}
-	signer, _ := dispatch.NewSigner([]byte(wsSecret))
-	conns := make([]*websocket.Conn, n)
-	var mu sync.Mutex
-	var firstErr error
-	var wg sync.WaitGroup
-	jobs := make(chan int)
+	for _, a := range apis {
+		if a.before, err = engineMemory(a.proc.base); err != nil {
+			return nil, err
+		}
+	}
+
+	// The clients: child processes of hexbench, each under the limit.
+	bases := make([]string, procs)
+	for k, a := range apis {
+		bases[k] = a.proc.base
+	}
+	nClients := (n + per - 1) / per
+	clients := make([]*wsClientProc, 0, nClients)
+	defer func() {
+		for _, c := range clients {
+			c.stop()
+		}
+	}()
 	start := time.Now()
-	for range 64 {
-		wg.Add(1)
+	for j := range nClients {
+		spec := wsClientSpec{Bases: bases, From: j * n / nClients, To: (j + 1) * n / nClients, Secret: wsSecret,
+			OfferTimeout: wsOfferTimeout, Seed: env.Seed + uint64(j)}
+		c, err := startWSClient(ctx, spec)
+		if err != nil {
+			return nil, err
+		}
+		clients = append(clients, c)
+	}
+	srcAddrs := 0
+	for _, c := range clients {
+		line, err := c.await(ctx, "dialed", 5*time.Minute)
+		if err != nil {
+			return nil, err
+		}
+		k, _ := strconv.Atoi(line)
+		srcAddrs = max(srcAddrs, k)
+	}
+	dial := time.Since(start)
+	// Read each server's memory right after its next collection, so the
+	// handshakes' garbage does not count as connection memory.
+	wait := wsGCWait
+	if n < 1000 {
+		wait = time.Second // the small sizes are for tests: the process's own memory dominates them anyway
+	}
+	var settleMu sync.Mutex
+	var settleErr error
+	collected := 0
+	var sg sync.WaitGroup
+	for _, a := range apis {
+		sg.Add(1)
 		go func() {
-			defer wg.Done()
-			for i := range jobs {
-				tok, _ := signer.Mint(dispatch.Claims{Subject: "d" + strconv.Itoa(i), Role: dispatch.RoleDriver, Expires: time.Now().Add(time.Hour)})
-				dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				c, _, err := websocket.Dial(dctx, "ws"+strings.TrimPrefix(base, "http")+"/v1/drivers/ws?access_token="+tok, dialOpts)
-				cancel()
-				if err != nil {
-					mu.Lock()
-					firstErr = cmpErr(firstErr, fmt.Errorf("connection %d: %w", i, err))
-					mu.Unlock()
-					continue
-				}
-				c.CloseRead(ctx) // answer the server's pings
-				conns[i] = c
+			defer sg.Done()
+			m, gc, err := memoryAfterGC(ctx, a.proc.base, wait)
+			settleMu.Lock()
+			defer settleMu.Unlock()
+			a.after, settleErr = m, cmpErr(settleErr, err)
+			if gc {
+				collected++
 			}
 		}()
 	}
-	for i := range n {
-		jobs <- i
+	sg.Wait()
+	if settleErr != nil {
+		return nil, settleErr
 	}
-	close(jobs)
-	wg.Wait()
-	dial := time.Since(start)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.CloseNow()
-			}
+	open := 0.0
+	for _, a := range apis {
+		o, err := engineGauge(a.proc.base, "hexd_gateway_websockets")
+		if err != nil {
+			return nil, err
 		}
-	}()
-	if firstErr != nil {
-		return nil, firstErr
+		if int(o) != a.conns {
+			return nil, fmt.Errorf("ws-conns: %s reports %v open WebSockets, want %d", a.proc.base, o, a.conns)
+		}
+		open += o
 	}
-	// Let the server settle, then read its memory.
-	time.Sleep(time.Second)
-	after, err := engineMemory(base)
+	var perProc []string
+	total, worst := 0.0, 0.0
+	for k, a := range apis {
+		b := (a.after - a.before) / float64(a.conns)
+		total += a.after - a.before
+		worst = max(worst, b)
+		s := fmt.Sprintf("api%d %d conns %.1f KB/conn", k+1, a.conns, b/1024)
+		if rss, ok := a.proc.rss(); ok {
+			s += fmt.Sprintf(" (RSS %.0f MB)", rss/(1<<20))
+		}
+		perProc = append(perProc, s)
+	}
+	fmt.Fprintf(env.Progress, "hexbench: ws-conns: %d connections in %v; %s\n", n, dial.Round(time.Millisecond), strings.Join(perProc, "; "))
+
+	// Offer fan-out with every connection open.
+	lat, fan, err := wsOffers(ctx, env, apis, worker, clients, n)
 	if err != nil {
 		return nil, err
 	}
-	open, err := engineGauge(base, "hexd_gateway_websockets")
-	if err != nil {
-		return nil, err
-	}
-	if int(open) != n {
-		return nil, fmt.Errorf("ws-conns: the engine reports %v open WebSockets, want %d", open, n)
+	split := "one process (role all)"
+	if procs > 1 {
+		split = fmt.Sprintf("%d api processes + 1 worker + devbroker + redis-server", procs)
 	}
 	return []Result{{
 		System: "hexdispatch", Workload: "ws-conns", Drivers: n,
-		BytesPerDriver: round(float64(after-before) / float64(n)),
+		BytesPerDriver: round(total / open),
 		Seconds:        round(dial.Seconds()),
-		Note: fmt.Sprintf("server heap + goroutine stacks per idle driver WebSocket; seconds = time to open them all from %d source addresses; engine %s",
-			dialer.SourceAddrs(), rev),
+		P50us:          round(lat.Percentile(50)), P99us: round(lat.Percentile(99)),
+		Ops: int64(len(lat.samples)), OffersPerS: round(fan.offersPerS), Errors: fan.missing,
+		Note: fmt.Sprintf("server heap + goroutine stacks per idle driver WebSocket, mean over %s (worst process %.1f KB), read after a GC in %d of %d processes: %s; "+
+			"seconds = time to open them all (%d client processes, up to %d source addresses each); "+
+			"p50/p99 = offer fan-out, engine send to client receipt, %d rides at %d/s offered to %d drivers each (%d offers sent, %d received, %d not received = errors); engine %s",
+			split, worst/1024, collected, len(apis), strings.Join(perProc, "; "), len(clients), srcAddrs,
+			fan.rides, wsRideRate, wsFanOut, fan.sent, len(lat.samples), fan.missing, rev),
 	}}, nil
+}
+
+// wsGCWait bounds the wait for a server's next garbage collection after
+// the connections are open: an idle Go process collects at least every
+// two minutes.
+const wsGCWait = 130 * time.Second
+
+// memoryAfterGC waits for the process's next garbage collection, at most
+// wait, and returns its heap in use plus stacks read right after it
+// (gc false: none came, the figure includes garbage).
+func memoryAfterGC(ctx context.Context, base string, wait time.Duration) (float64, bool, error) {
+	n0, err := engineGauge(base, "go_gc_duration_seconds_count")
+	if err != nil {
+		return 0, false, err
+	}
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(200 * time.Millisecond)
+		if n, err := engineGauge(base, "go_gc_duration_seconds_count"); err != nil || n > n0 {
+			m, err2 := engineMemory(base)
+			return m, err == nil, cmpErr(err, err2)
+		}
+	}
+	m, err := engineMemory(base)
+	return m, false, cmpErr(ctx.Err(), err)
+}
+
+// startWSEngines starts the engine for procs api processes: one role-all
+// process, or the split roles sharing a devbroker and a redis-server.
+func startWSEngines(ctx context.Context, env Env, bin string, procs int) (apis []*wsProc, worker string, stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	dispatchFlags := []string{"-fan-out", strconv.Itoa(wsFanOut), "-offer-timeout", wsOfferTimeout.String()}
+	if procs == 1 {
+		p, err := startEngineProc(ctx, bin, dispatchFlags...)
+		if err != nil {
+			return nil, "", stop, err
+		}
+		stops = append(stops, p.stop)
+		return []*wsProc{{proc: p}}, p.base, stop, nil
+	}
+	rs, err := startRedis(ctx, "redis-server", env.Progress)
+	if err != nil {
+		return nil, "", stop, err
+	}
+	stops = append(stops, rs.Close)
+	brokerBin, cleanup, err := buildCmd(ctx, "devbroker")
+	if err != nil {
+		return nil, "", stop, err
+	}
+	stops = append(stops, cleanup)
+	broker, kafka, err := startDevbroker(brokerBin)
+	if err != nil {
+		return nil, "", stop, err
+	}
+	stops = append(stops, broker)
+	common := []string{"-kafka", kafka, "-redis", rs.Addr}
+	w, err := startEngineProc(ctx, bin, append([]string{"-role", "worker"}, common...)...)
+	if err != nil {
+		return nil, "", stop, err
+	}
+	stops = append(stops, w.stop)
+	for range procs {
+		p, err := startEngineProc(ctx, bin, append(append([]string{"-role", "api"}, common...), dispatchFlags...)...)
+		if err != nil {
+			return nil, "", stop, err
+		}
+		stops = append(stops, p.stop)
+		apis = append(apis, &wsProc{proc: p})
+	}
+	return apis, w.base, stop, nil
+}
+
+// startDevbroker runs a devbroker with the engine's partitions on a free
+// port and returns its stop and its address.
+func startDevbroker(bin string) (func(), string, error) {
+	cmd := exec.Command(bin, "-ports", "0", "-partitions", engineTestPartitions)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+	br := bufio.NewReader(out)
+	line, err := br.ReadString('\n')
+	go io.Copy(io.Discard, br)
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "devbroker listening on ")
+	if err != nil || !ok {
+		stop()
+		return nil, "", fmt.Errorf("devbroker: banner %q: %v", line, err)
+	}
+	return stop, addr, nil
+}
+
+// fanResult is what the offer phase counted.
+type fanResult struct {
+	rides, sent, missing int64
+	offersPerS           float64
+}
+
+// wsOffers puts every driver on the map, requests rides at wsRideRate for
+// -duration and collects the clients' offer latencies.
+func wsOffers(ctx context.Context, env Env, apis []*wsProc, worker string, clients []*wsClientProc, n int) (*Timer, fanResult, error) {
+	var fan fanResult
+	for _, c := range clients {
+		c.send("positions")
+	}
+	for _, c := range clients {
+		if _, err := c.await(ctx, "positioned", 2*time.Minute); err != nil {
+			return nil, fan, err
+		}
+	}
+	// Wait until the worker indexed (nearly) every driver.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		got, err := wsMetricSum(worker, "hexd_positions_drivers{")
+		if err == nil && got >= 0.99*float64(n) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fan, fmt.Errorf("ws-conns: the worker indexed %v of %d drivers in 60 s (%v)", got, n, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	signer, _ := dispatch.NewSigner([]byte(wsSecret))
+	client := &http.Client{Timeout: 10 * time.Second}
+	rng := rand.New(rand.NewPCG(env.Seed, 0x6f66666572))
+	var created, failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	every := time.Second / wsRideRate
+	total := int(env.Duration / every)
+	for j := range total {
+		if err := ctx.Err(); err != nil {
+			return nil, fan, err
+		}
+		time.Sleep(time.Until(start.Add(time.Duration(j) * every)))
+		k := j % len(apis)
+		lat, lng := wsBand(rng, k, len(apis), true)
+		body := fmt.Sprintf(`{"pickup":{"lat":%f,"lng":%f},"dropoff":{"lat":%f,"lng":%f}}`, lat, lng, lat+0.01, lng)
+		tok, _ := signer.Mint(dispatch.Claims{Subject: "wsrider" + strconv.Itoa(j), Role: dispatch.RoleRider, Expires: time.Now().Add(time.Hour)})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(ctx, "POST", apis[k].proc.base+"/v1/rides", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+tok)
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Idempotency-Key", "ws-"+strconv.Itoa(j))
+			resp, err := client.Do(req)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusCreated {
+				created.Add(1)
+			} else {
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	// The last searches take a moment to offer.
+	time.Sleep(2 * time.Second)
+	elapsed := time.Since(start)
+	fan.rides = created.Load()
+	for _, a := range apis {
+		sent, err1 := engineGauge(a.proc.base, `hexd_dispatch_offers_total{outcome="sent"}`)
+		undelivered, err2 := engineGauge(a.proc.base, `hexd_dispatch_offers_total{outcome="timed_out"}`)
+		if err := cmpErr(err1, err2); err != nil {
+			return nil, fan, err
+		}
+		fan.sent += int64(sent - undelivered)
+	}
+	var lat Timer
+	for _, c := range clients {
+		c.send("report")
+		line, err := c.await(ctx, "offers", time.Minute)
+		if err != nil {
+			return nil, fan, err
+		}
+		var ns []int64
+		if err := json.Unmarshal([]byte(line), &ns); err != nil {
+			return nil, fan, fmt.Errorf("ws-conns: client report: %w", err)
+		}
+		for _, v := range ns {
+			lat.samples = append(lat.samples, time.Duration(v))
+		}
+	}
+	fan.missing = max(0, fan.sent-int64(len(lat.samples))) + failed.Load()
+	fan.offersPerS = float64(len(lat.samples)) / elapsed.Seconds()
+	return &lat, fan, nil
+}
+
+// wsMetricSum adds up the samples of one labelled metric.
+func wsMetricSum(base, prefix string) (float64, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	sum, found := 0.0, false
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+			if i := strings.LastIndexByte(rest, ' '); i >= 0 {
+				v, err := strconv.ParseFloat(rest[i+1:], 64)
+				if err == nil && !math.IsNaN(v) {
+					sum, found = sum+v, true
+				}
+			}
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("engine: no %s samples in /metrics", prefix)
+	}
+	return sum, sc.Err()
 }
 
 func cmpErr(a, b error) error {
@@ -147,21 +498,26 @@ func raiseFileLimit(n uint64) error {
 // Workloads that run the engine as its own process (ws-conns, match-e2e)
 // share it and startEngine.
 func buildEngine(ctx context.Context) (string, func(), error) {
+	return buildCmd(ctx, "hexdispatch")
+}
+
+// buildCmd builds cmd/<name> of this module into a temp dir.
+func buildCmd(ctx context.Context, name string) (string, func(), error) {
 	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
 	mod := strings.TrimSpace(string(out))
 	if err != nil || mod == "" || mod == os.DevNull {
 		return "", nil, fmt.Errorf("engine: run hexbench inside the hexdispatch module (go env GOMOD: %q, %v)", mod, err)
 	}
-	dir, err := os.MkdirTemp("", "hexbench-engine-")
+	dir, err := os.MkdirTemp("", "hexbench-"+name+"-")
 	if err != nil {
 		return "", nil, err
 	}
-	bin := filepath.Join(dir, "hexdispatch")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/hexdispatch")
+	bin := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/"+name)
 	cmd.Dir = filepath.Dir(mod)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("engine: building: %w\n%s", err, b)
+		return "", nil, fmt.Errorf("engine: building %s: %w\n%s", name, err, b)
 	}
 	return bin, func() { os.RemoveAll(dir) }, nil
 }
@@ -183,21 +539,60 @@ func engineRevision(ctx context.Context) string {
 	return strings.TrimSpace(string(rev))
 }
 
+// engineTestPartitions is the driver-positions partitions of every
+// engine (and devbroker) hexbench starts.
+const engineTestPartitions = "4"
+
 // startEngine runs the engine on a free loopback port and returns its base
 // URL once it prints it. extra flags come after the defaults, so they win.
 // The engine gets every core whatever GOMAXPROCS hexbench runs with: it is
 // measured as it would be deployed.
 func startEngine(ctx context.Context, bin string, extra ...string) (string, func(), error) {
-	args := append([]string{"-addr", "127.0.0.1:0", "-token-secret", wsSecret, "-partitions", "4", "-log-level", "warn"}, extra...)
+	p, err := startEngineProc(ctx, bin, extra...)
+	if err != nil {
+		return "", nil, err
+	}
+	return p.base, p.stop, nil
+}
+
+// engineProc is a started engine process.
+type engineProc struct {
+	base string
+	pid  int
+	stop func()
+}
+
+// rss is the process's resident memory (Linux), socket buffers not
+// included.
+func (p *engineProc) rss() (float64, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.pid) + "/status")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) == 2 && f[1] == "kB" {
+				kb, err := strconv.ParseFloat(f[0], 64)
+				return kb * 1024, err == nil
+			}
+		}
+	}
+	return 0, false
+}
+
+// startEngineProc is startEngine keeping the process's id.
+func startEngineProc(ctx context.Context, bin string, extra ...string) (*engineProc, error) {
+	args := append([]string{"-addr", "127.0.0.1:0", "-token-secret", wsSecret, "-partitions", engineTestPartitions, "-log-level", "warn"}, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") })
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	cmd.Stderr = io.Discard
 	if err := cmd.Start(); err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	stop := func() {
 		cmd.Process.Signal(syscall.SIGTERM)
@@ -215,21 +610,21 @@ func startEngine(ctx context.Context, bin string, extra ...string) (string, func
 	i := strings.Index(line, "http://")
 	if err != nil || i < 0 {
 		stop()
-		return "", nil, fmt.Errorf("engine: banner %q: %v", line, err)
+		return nil, fmt.Errorf("engine: banner %q: %v", line, err)
 	}
-	base := strings.TrimSpace(line[i:])
+	p := &engineProc{base: strings.TrimSpace(line[i:]), pid: cmd.Process.Pid, stop: stop}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get(base + "/readyz")
+		resp, err := http.Get(p.base + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return base, stop, nil
+				return p, nil
 			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			stop()
-			return "", nil, errors.New("engine: not ready in 30 s")
+			return nil, errors.New("engine: not ready in 30 s")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
