@@ -12,6 +12,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/hexdispatch/hexdispatch/geo"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
@@ -103,4 +104,86 @@ func TestIngestSurvivesKafkaFaults(t *testing.T) {
 	}
 	t.Logf("%d produce connections and %d fetch connections dropped; all %d drivers indexed %v after the first publish; publisher %+v",
 		producesFailed.Load(), fetchesDropped.Load(), drivers, time.Since(start).Round(time.Millisecond), p.Stats())
+}
+
+// TestPublisherBreakerOpensWhileKafkaIsDown: while the broker drops every
+// produce request, the publisher's breaker opens after StallTimeout and
+// Publish refuses positions with ErrUnavailable (the gateway's 503)
+// instead of filling a buffer nobody drains. When the broker answers
+// again, the buffered records land, the breaker closes on the first
+// acknowledgement, new positions are accepted, and the index ends at
+// every driver's latest position with no record lost.
+func TestPublisherBreakerOpensWhileKafkaIsDown(t *testing.T) {
+	const parts, drivers = 4, 50
+	kc, brokers := startCluster(t, parts)
+	var down atomic.Bool
+	var dropped atomic.Int64
+	kc.ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		kc.KeepControl()
+		if !down.Load() {
+			return nil, nil, false
+		}
+		dropped.Add(1)
+		return nil, errors.New("injected: broker unreachable"), true
+	})
+	wc := workerConfig(brokers)
+	wc.Index.TTL = 5 * time.Minute
+	w := startWorker(t, wc)
+	pc := publisherConfig(brokers, parts)
+	pc.StallTimeout = 300 * time.Millisecond
+	p := runPublisher(t, pc)
+	publish := func(seq uint64) error {
+		for i := range drivers {
+			id := positions.DriverID("d" + strconv.Itoa(i))
+			err := p.Publish(positions.Event{Kind: positions.KindPosition, Driver: id, Pos: geo.LatLng{Lat: sfCenter.Lat + float64(i)*1e-3, Lng: sfCenter.Lng},
+				Heading: positions.NoHeading, Status: positions.StatusAvailable, Seq: seq, ReceiveTime: time.Now()})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := publish(1); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	down.Store(true)
+	if err := publish(2); err != nil { // accepted: the breaker has not seen a stall yet
+		t.Fatal(err)
+	}
+	eventually(t, "the breaker opens", 10*time.Second, func() bool { return p.Stats().BreakerOpen })
+	if err := publish(3); !errors.Is(err, positions.ErrUnavailable) {
+		t.Fatalf("Publish with the breaker open: %v, want ErrUnavailable", err)
+	}
+	if dropped.Load() == 0 {
+		t.Fatal("no produce request reached the broker while it was down")
+	}
+
+	down.Store(false)
+	eventually(t, "the breaker closes once Kafka acknowledges", 30*time.Second, func() bool { return !p.Stats().BreakerOpen })
+	if err := publish(4); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "every driver indexed at seq 4", 30*time.Second, func() bool {
+		got, missed := snapshot(t, allPartitions(parts), w)
+
+		if len(missed) > 0 || len(got) != drivers {
+			return false
+		}
+		for _, d := range got {
+			if d.Seq != 4 {
+				return false
+			}
+		}
+		return true
+	})
+	st := p.Stats()
+	if st.BreakerOpens != 1 || st.Unavailable == 0 || st.ProduceErrors != 0 {
+		t.Fatalf("stats = %+v, want one opening, refusals and no record lost", st)
+	}
 }

@@ -44,6 +44,13 @@ type PublisherConfig struct {
 	Forget time.Duration
 	// ShutdownTimeout bounds the final flush when Run's ctx ends.
 	ShutdownTimeout time.Duration
+	// StallTimeout opens the produce path's circuit breaker: when records
+	// have waited this long with no acknowledgement from Kafka, Publish
+	// refuses new events with ErrUnavailable (the apps back off instead
+	// of feeding a buffer nobody drains) until Kafka acknowledges again.
+	// The records already buffered keep being retried. Zero turns the
+	// breaker off.
+	StallTimeout time.Duration
 	// Now stamps ReceiveTime on events that come without one.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -65,6 +72,7 @@ func DefaultPublisherConfig() PublisherConfig {
 		BatchMaxBytes:      1 << 20,
 		Forget:             10 * time.Minute,
 		ShutdownTimeout:    5 * time.Second,
+		StallTimeout:       5 * time.Second,
 		Now:                time.Now,
 		Logger:             slog.Default(),
 	}
@@ -90,6 +98,8 @@ func (c PublisherConfig) Validate() error {
 		return fmt.Errorf("%w: Forget %v must be positive", ErrInvalidConfig, c.Forget)
 	case c.ShutdownTimeout <= 0:
 		return fmt.Errorf("%w: ShutdownTimeout %v must be positive", ErrInvalidConfig, c.ShutdownTimeout)
+	case c.StallTimeout < 0:
+		return fmt.Errorf("%w: StallTimeout %v is negative", ErrInvalidConfig, c.StallTimeout)
 	case c.Now == nil:
 		return fmt.Errorf("%w: Now is nil", ErrInvalidConfig)
 	case c.Logger == nil:
@@ -106,6 +116,9 @@ type PublisherStats struct {
 	Handoffs      uint64 // removals sent to a driver's previous partition
 	Produced      uint64 // records acknowledged by Kafka
 	ProduceErrors uint64 // records Kafka failed (after the client's retries)
+	Unavailable   uint64 // events refused with ErrUnavailable (breaker open)
+	BreakerOpens  uint64 // times the breaker opened
+	BreakerOpen   bool   // the breaker is open now
 	Pending       int    // events waiting now
 }
 
@@ -150,6 +163,12 @@ type Publisher struct {
 
 	accepted, coalesced, overloaded, handoffs atomic.Uint64
 	produced, produceErrors                   atomic.Uint64
+
+	// The breaker: open while Kafka acknowledges nothing. progress is the
+	// last time (unix ns) records were acknowledged or none were waiting.
+	open                   atomic.Bool
+	progress               atomic.Int64
+	unavailable, openCount atomic.Uint64
 }
 
 // NewPublisher returns a Publisher; events are accepted at once and sent
@@ -210,6 +229,10 @@ func (p *Publisher) Publish(ev Event) error {
 		return fmt.Errorf("%w: %w", ErrBadEvent, err)
 	}
 
+	if p.open.Load() {
+		p.unavailable.Add(1)
+		return ErrUnavailable
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	select {
@@ -294,6 +317,7 @@ func (p *Publisher) Stats() PublisherStats {
 	return PublisherStats{
 		Accepted: p.accepted.Load(), Coalesced: p.coalesced.Load(), Overloaded: p.overloaded.Load(),
 		Handoffs: p.handoffs.Load(), Produced: p.produced.Load(), ProduceErrors: p.produceErrors.Load(),
+		Unavailable: p.unavailable.Load(), BreakerOpens: p.openCount.Load(), BreakerOpen: p.open.Load(),
 		Pending: n,
 	}
 }
@@ -333,6 +357,31 @@ func (p *Publisher) Run(ctx context.Context) error {
 	var spare []pendingEvent
 	forget := time.NewTicker(p.cfg.Forget / 2)
 	defer forget.Stop()
+	// The breaker's watch runs beside the sender, which blocks in Produce
+	// while the client's buffer is full (exactly when Kafka is down).
+	p.progress.Store(time.Now().UnixNano())
+	if p.cfg.StallTimeout > 0 {
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(min(p.cfg.StallTimeout/4, 250*time.Millisecond))
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case now := <-t.C:
+					p.checkStall(now)
+				}
+			}
+		}()
+		defer func() {
+			close(stop)
+			wg.Wait()
+		}()
+	}
 	drain := func(ctx context.Context) {
 		p.mu.Lock()
 		batch := p.pending
@@ -391,9 +440,33 @@ func (p *Publisher) produce(ctx context.Context, pe pendingEvent) {
 	p.cl.Produce(ctx, rec, p.promise)
 }
 
+// checkStall opens the breaker when records have waited StallTimeout
+// without an acknowledgement. Acknowledgements close it (promise).
+func (p *Publisher) checkStall(now time.Time) {
+	waiting := p.cl.BufferedProduceRecords() > 0
+	if !waiting {
+		p.mu.Lock()
+		waiting = len(p.pending) > 0
+		p.mu.Unlock()
+	}
+	if !waiting {
+		p.progress.Store(now.UnixNano())
+		return
+	}
+	if stalled := now.Sub(time.Unix(0, p.progress.Load())); stalled >= p.cfg.StallTimeout && !p.open.Swap(true) {
+		p.openCount.Add(1)
+		p.cfg.Logger.Warn("positions publisher: Kafka acknowledged nothing; refusing positions until it does",
+			"stalled", stalled.Round(time.Millisecond), "buffered", p.cl.BufferedProduceRecords())
+	}
+}
+
 func (p *Publisher) promise(r *kgo.Record, err error) {
 	if err == nil {
 		p.produced.Add(1)
+		p.progress.Store(time.Now().UnixNano())
+		if p.open.CompareAndSwap(true, false) {
+			p.cfg.Logger.Info("positions publisher: Kafka acknowledges again; accepting positions")
+		}
 		return
 	}
 	if n := p.produceErrors.Add(1); n&(n-1) == 0 && !errors.Is(err, context.Canceled) {

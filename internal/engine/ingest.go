@@ -143,24 +143,27 @@ func (in *ingest) register(reg *prometheus.Registry) {
 type ingestCollector struct{ in *ingest }
 
 var (
-	descRecords    = prometheus.NewDesc("hexd_positions_records_total", "Records consumed from the positions topic.", nil, nil)
-	descOutcomes   = prometheus.NewDesc("hexd_positions_events_total", "Consumed events by outcome in the index.", []string{"outcome"}, nil)
-	descDLQ        = prometheus.NewDesc("hexd_positions_dead_letters_total", "Records sent to the dead-letter topic.", nil, nil)
-	descDLQDropped = prometheus.NewDesc("hexd_positions_dead_letters_dropped_total", "Dead letters the producer could not take.", nil, nil)
-	descRebuilds   = prometheus.NewDesc("hexd_positions_rebuild_seconds", "Time from partition assignment to rebuilt index.", nil, nil)
-	descLatency    = prometheus.NewDesc("hexd_positions_ingest_latency_seconds", "Time from a position's gateway receive stamp to its apply in the index.", nil, nil)
-	descPartitions = prometheus.NewDesc("hexd_positions_partitions", "Partitions owned by this worker, by state.", []string{"state"}, nil)
-	descDrivers    = prometheus.NewDesc("hexd_positions_drivers", "Drivers held per owned partition (before expiry).", []string{"partition"}, nil)
-	descLag        = prometheus.NewDesc("hexd_positions_consumer_lag", "Records between a partition's end offset and the owner's next offset.", []string{"partition"}, nil)
-	descPublished  = prometheus.NewDesc("hexd_publisher_events_total", "Events offered to the publisher, by result.", []string{"result"}, nil)
-	descHandoffs   = prometheus.NewDesc("hexd_publisher_handoffs_total", "Removals sent to a driver's previous partition.", nil, nil)
-	descProduced   = prometheus.NewDesc("hexd_publisher_records_total", "Records acknowledged or failed by Kafka.", []string{"result"}, nil)
-	descPending    = prometheus.NewDesc("hexd_publisher_pending", "Events waiting to be handed to the Kafka client.", nil, nil)
+	descRecords      = prometheus.NewDesc("hexd_positions_records_total", "Records consumed from the positions topic.", nil, nil)
+	descOutcomes     = prometheus.NewDesc("hexd_positions_events_total", "Consumed events by outcome in the index.", []string{"outcome"}, nil)
+	descDLQ          = prometheus.NewDesc("hexd_positions_dead_letters_total", "Records sent to the dead-letter topic.", nil, nil)
+	descDLQDropped   = prometheus.NewDesc("hexd_positions_dead_letters_dropped_total", "Dead letters the producer could not take.", nil, nil)
+	descRebuilds     = prometheus.NewDesc("hexd_positions_rebuild_seconds", "Time from partition assignment to rebuilt index.", nil, nil)
+	descLatency      = prometheus.NewDesc("hexd_positions_ingest_latency_seconds", "Time from a position's gateway receive stamp to its apply in the index.", nil, nil)
+	descPartitions   = prometheus.NewDesc("hexd_positions_partitions", "Partitions owned by this worker, by state.", []string{"state"}, nil)
+	descDrivers      = prometheus.NewDesc("hexd_positions_drivers", "Drivers held per owned partition (before expiry).", []string{"partition"}, nil)
+	descLag          = prometheus.NewDesc("hexd_positions_consumer_lag", "Records between a partition's end offset and the owner's next offset.", []string{"partition"}, nil)
+	descPublished    = prometheus.NewDesc("hexd_publisher_events_total", "Events offered to the publisher, by result.", []string{"result"}, nil)
+	descBreakerOpens = prometheus.NewDesc("hexd_publisher_breaker_opens_total", "Times the produce path's circuit breaker opened (Kafka acknowledged nothing for the stall timeout).", nil, nil)
+	descBreakerOpen  = prometheus.NewDesc("hexd_publisher_breaker_open", "1 while the produce path's circuit breaker refuses positions.", nil, nil)
+	descHandoffs     = prometheus.NewDesc("hexd_publisher_handoffs_total", "Removals sent to a driver's previous partition.", nil, nil)
+	descProduced     = prometheus.NewDesc("hexd_publisher_records_total", "Records acknowledged or failed by Kafka.", []string{"result"}, nil)
+	descPending      = prometheus.NewDesc("hexd_publisher_pending", "Events waiting to be handed to the Kafka client.", nil, nil)
 )
 
 func (c ingestCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRecords, descOutcomes, descDLQ, descDLQDropped, descRebuilds, descLatency,
-		descPartitions, descDrivers, descLag, descPublished, descHandoffs, descProduced, descPending} {
+		descPartitions, descDrivers, descLag, descPublished, descHandoffs, descProduced, descPending,
+		descBreakerOpens, descBreakerOpen} {
 		ch <- d
 	}
 }
@@ -201,6 +204,13 @@ func (c ingestCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descPublished, s.Accepted, "accepted")
 		counter(descPublished, s.Coalesced, "coalesced")
 		counter(descPublished, s.Overloaded, "overloaded")
+		counter(descPublished, s.Unavailable, "unavailable")
+		counter(descBreakerOpens, s.BreakerOpens)
+		open := 0.0
+		if s.BreakerOpen {
+			open = 1
+		}
+		gauge(descBreakerOpen, open)
 		counter(descHandoffs, s.Handoffs)
 		counter(descProduced, s.Produced, "ok")
 		counter(descProduced, s.ProduceErrors, "error")
