@@ -30,7 +30,7 @@ func TestIngestSurvivesKafkaFaults(t *testing.T) {
 	var producesFailed, fetchesDropped atomic.Int64
 	kc.ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
 		kc.KeepControl()
-		if producesFailed.Load() >= 3 {
+		if producesFailed.Load() >= 6 {
 			kc.DropControl()
 			return nil, nil, false
 		}
@@ -39,7 +39,7 @@ func TestIngestSurvivesKafkaFaults(t *testing.T) {
 	})
 	kc.ControlKey(kmsg.Fetch.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
 		kc.KeepControl()
-		if fetchesDropped.Load() >= 3 {
+		if fetchesDropped.Load() >= 6 {
 			kc.DropControl()
 			return nil, nil, false
 		}

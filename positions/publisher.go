@@ -191,6 +191,7 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		// because per-partition order depends on it.
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 	}
+	opts = append(opts, RetryOpts()...)
 	cl, err := kgo.NewClient(append(opts, cfg.ClientOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)

@@ -200,7 +200,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 // Run consumes until ctx ends, then leaves the group and stops every owner.
 // Call it once.
 func (w *Worker) Run(ctx context.Context) error {
-	admCl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(w.cfg.Brokers...)}, w.cfg.ClientOpts...)...)
+	admCl, err := kgo.NewClient(append(append([]kgo.Opt{kgo.SeedBrokers(w.cfg.Brokers...)}, RetryOpts()...), w.cfg.ClientOpts...)...)
 	if err != nil {
 		return fmt.Errorf("kafka admin client: %w", err)
 	}
@@ -232,6 +232,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.ownersMu.Lock()
 	w.adm = kadm.NewClient(admCl)
 	w.ownersMu.Unlock()
+	opts = append(opts, RetryOpts()...)
 	cl, err := kgo.NewClient(append(opts, w.cfg.ClientOpts...)...)
 	if err != nil {
 		return fmt.Errorf("kafka consumer: %w", err)

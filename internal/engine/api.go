@@ -131,7 +131,8 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	}
 	a.store = store
 
-	a.events, err = kgo.NewClient(kgo.SeedBrokers(in.brokers...), kgo.DefaultProduceTopic(dispatch.DefaultRideEventsTopic))
+	a.events, err = kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(in.brokers...), kgo.DefaultProduceTopic(dispatch.DefaultRideEventsTopic)},
+		positions.RetryOpts()...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client for ride events: %w", err)
 	}
@@ -218,7 +219,7 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	if a.outcomes, err = dispatch.NewOutcomes(oc); err != nil {
 		return nil, err
 	}
-	if a.outcomesCl, err = kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(in.brokers...)},
+	if a.outcomesCl, err = kgo.NewClient(append(append([]kgo.Opt{kgo.SeedBrokers(in.brokers...)}, positions.RetryOpts()...),
 		a.outcomes.OutcomesConsumerOpts(dispatch.DefaultRideEventsTopic)...)...); err != nil {
 		return nil, fmt.Errorf("kafka client for the ops ride-events reader: %w", err)
 	}
