@@ -87,21 +87,24 @@ func (h *Rides) Routes(mux Mux) {
 
 // RideView is a ride as the API shows it.
 type RideView struct {
-	ID        RideID             `json:"id"`
-	Rider     RiderID            `json:"rider"`
-	Pickup    geo.LatLng         `json:"pickup"`
-	Dropoff   geo.LatLng         `json:"dropoff"`
-	State     State              `json:"state"`
-	Driver    positions.DriverID `json:"driver,omitempty"`
-	Offers    int                `json:"offers"`
-	Version   uint64             `json:"version"`
-	CreatedAt time.Time          `json:"created_at"`
-	UpdatedAt time.Time          `json:"updated_at"`
+	ID      RideID             `json:"id"`
+	Rider   RiderID            `json:"rider"`
+	Pickup  geo.LatLng         `json:"pickup"`
+	Dropoff geo.LatLng         `json:"dropoff"`
+	State   State              `json:"state"`
+	Driver  positions.DriverID `json:"driver,omitempty"`
+	Offers  int                `json:"offers"`
+	// PickupETA is the latest offer's estimated seconds from the driver
+	// to the pickup.
+	PickupETA float64   `json:"pickup_eta_s,omitempty"`
+	Version   uint64    `json:"version"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 func view(r Ride) RideView {
 	return RideView{ID: r.ID, Rider: r.Rider, Pickup: r.Pickup, Dropoff: r.Dropoff, State: r.State, Driver: r.Driver,
-		Offers: r.Offers, Version: r.Version, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
+		Offers: r.Offers, PickupETA: r.PickupETA, Version: r.Version, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
 }
 
 // RideRequest is the body of POST /v1/rides.

@@ -86,6 +86,9 @@ func TestRunMatchesARide(t *testing.T) {
 	for {
 		_, v := call(t, "GET", base+"/v1/rides/"+id, rider, "")
 		if v["state"] == "accepted" && v["driver"] == "d1" {
+			if eta, _ := v["pickup_eta_s"].(float64); eta <= 0 {
+				t.Fatalf("accepted ride without the offer's pickup ETA: %v", v)
+			}
 			break
 		}
 		if time.Now().After(deadline) {
