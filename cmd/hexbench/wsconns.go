@@ -162,7 +162,7 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 		srcAddrs = max(srcAddrs, k)
 	}
 	dial := time.Since(start)
-	// Read each server's memory right after its next collection, so the
+	// Read each server's memory once its next collection has swept, so the
 	// handshakes' garbage does not count as connection memory.
 	wait := wsGCWait
 	if n < 1000 {
@@ -243,8 +243,8 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 const wsGCWait = 130 * time.Second
 
 // memoryAfterGC waits for the process's next garbage collection, at most
-// wait, and returns its heap in use plus stacks read right after it
-// (gc false: none came, the figure includes garbage).
+// wait, and returns its heap in use plus stacks read once it swept (gc
+// false: none came, the figure includes garbage).
 func memoryAfterGC(ctx context.Context, base string, wait time.Duration) (float64, bool, error) {
 	n0, err := engineGauge(base, "go_gc_duration_seconds_count")
 	if err != nil {
@@ -254,6 +254,9 @@ func memoryAfterGC(ctx context.Context, base string, wait time.Duration) (float6
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(200 * time.Millisecond)
 		if n, err := engineGauge(base, "go_gc_duration_seconds_count"); err != nil || n > n0 {
+			// The collection frees spans as it sweeps them, after the
+			// cycle ends.
+			time.Sleep(2 * time.Second)
 			m, err2 := engineMemory(base)
 			return m, err == nil, cmpErr(err, err2)
 		}
