@@ -107,6 +107,9 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 	if procs == 0 {
 		procs = (n + per - 1) / per
 	}
+	if procs > n {
+		return nil, fmt.Errorf("ws-conns: -api-procs %d is more than the %d connections", procs, n)
+	}
 	if (n+procs-1)/procs > per {
 		return nil, fmt.Errorf("ws-conns: %d connections over %d api processes exceed %d per process (the open-file limit); use -api-procs %d", n, procs, per, (n+per-1)/per)
 	}
