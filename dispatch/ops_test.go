@@ -317,7 +317,9 @@ func heatmapValues(t *testing.T, srv *httptest.Server, token, query string) map[
 // come from the ride events; surge divides the demand by the supply the
 // shards report.
 func TestHeatmapRideEventLayers(t *testing.T) {
-	clk := &fakeClock{t: time.Now()}
+	// The middle of a minute: the requests are fresh (no decay) wherever
+	// in the minute the test runs.
+	clk := &fakeClock{t: time.Now().Truncate(time.Minute).Add(30 * time.Second)}
 	o := newOutcomes(t, clk)
 	srv, _, s := newOpsServer(t, withOutcomes(o))
 	ops := mint(t, s, dispatch.RoleOps)

@@ -60,6 +60,9 @@ const (
 	LayerETA       = "eta"       // mean pickup ETA of the accepted rides, seconds
 )
 
+// maxPickupETA bounds a believable pickup ETA in seconds (a day).
+const maxPickupETA = 86400
+
 // outcomeRes is the resolution cells are kept at; coarser layers sum
 // children.
 const outcomeRes = geo.IndexRes
@@ -121,6 +124,10 @@ func (o *Outcomes) Add(e RideEvent) error {
 	if err := e.Pickup.Validate(); err != nil {
 		o.bad.Add(1)
 		return fmt.Errorf("%w: ride event pickup: %w", ErrInvalidRide, err)
+	}
+	if !(e.PickupETA >= 0 && e.PickupETA <= maxPickupETA) { // also NaN
+		o.bad.Add(1)
+		return fmt.Errorf("%w: ride event pickup ETA %v s is outside [0, %v]", ErrInvalidRide, e.PickupETA, maxPickupETA)
 	}
 	o.events.Add(1)
 	now := o.slotOf(o.cfg.Now())

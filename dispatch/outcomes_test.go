@@ -238,3 +238,38 @@ func TestOutcomesConsume(t *testing.T) {
 		t.Fatalf("stats = %+v, want the junk record counted bad", st)
 	}
 }
+
+// FuzzRideEventRecord feeds arbitrary ride-events record values to the ops
+// aggregator, as Consume does: a record either decodes into an event the
+// aggregator takes or is refused with an error, never a panic, and the
+// layers stay finite and non-negative.
+func FuzzRideEventRecord(f *testing.F) {
+	for _, e := range rideEvents("r1", timesSquare, t0, 90) {
+		b, _ := json.Marshal(e)
+		f.Add(b)
+	}
+	f.Add([]byte(`{"ride":"x","to":"no_driver","pickup":{"lat":91,"lng":0}}`))
+	f.Add([]byte(`{"ride":"x","to":"accepted","pickup":{"lat":0,"lng":0},"pickup_eta_s":-1e308,"at":"2026-11-23T18:00:00Z"}`))
+	f.Add([]byte(`{"ride":"","to":"weird"}`))
+	f.Add([]byte(`not json`))
+	f.Fuzz(func(t *testing.T, value []byte) {
+		clk := &fakeClock{t: t0}
+		o := newOutcomes(t, clk)
+		var e dispatch.RideEvent
+		if json.Unmarshal(value, &e) != nil {
+			return
+		}
+		o.Add(e)
+		for _, layer := range dispatch.OutcomeLayers {
+			m, err := o.Layer(layer, 9)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for c, v := range m {
+				if math.IsNaN(v) || math.IsInf(v, 0) || (layer != dispatch.LayerETA && v < 0) {
+					t.Fatalf("%s[%s] = %v from %q", layer, c, v, value)
+				}
+			}
+		}
+	})
+}
