@@ -2,7 +2,7 @@
 GO       ?= go
 PKGS     ?= ./...
 
-.PHONY: run test lint ci bench hexbench fuzz build
+.PHONY: run test lint ci bench hexbench fuzz build chaos
 
 # ARGS passes flags, e.g. make run ARGS="-addr 127.0.0.1:9090".
 run:
@@ -62,3 +62,20 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeNearestRequest$$' -fuzztime $(FUZZTIME) ./matcher
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeNearestResponse$$' -fuzztime $(FUZZTIME) ./matcher
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCellCounts$$' -fuzztime $(FUZZTIME) ./matcher
+
+# The chaos soak (cmd/chaos; README "Chaos soak"): a fault-free run and a
+# chaos run of CHAOSTIME each against the engine as separate processes
+# (devbroker, redis-server with AOF, two workers, one api), with a worker
+# kill -9, a Redis restart or a broker pause every CHAOSEVERY; then the
+# invariant checker. report.json and each run's process logs go to
+# CHAOSOUT; the table is printed. Shorten it with CHAOSTIME=2m.
+CHAOSTIME  ?= 10m
+CHAOSEVERY ?= 15s
+CHAOSSEED  ?= 1
+CHAOSOUT   ?= chaos-out
+chaos:
+	@mkdir -p bin
+	$(GO) build -o bin/hexdispatch ./cmd/hexdispatch
+	$(GO) build -o bin/devbroker ./cmd/devbroker
+	$(GO) build -o bin/chaos ./cmd/chaos
+	./bin/chaos -duration $(CHAOSTIME) -every $(CHAOSEVERY) -seed $(CHAOSSEED) -bin-dir bin -out $(CHAOSOUT) $(ARGS)

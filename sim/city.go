@@ -63,6 +63,10 @@ type CityConfig struct {
 	// Reposition sends drivers who finish a trip more than 1 km from
 	// recent demand back toward it (available while they drive).
 	Reposition bool
+	// RequestAttempts is how many times a rider sends a ride request that
+	// gets 429, 503 or no answer, waiting the server's Retry-After in
+	// between; 0 means 3.
+	RequestAttempts int
 
 	Speed    float64 // time acceleration
 	Seed     uint64
@@ -91,6 +95,8 @@ func (c CityConfig) Validate() error {
 		return fmt.Errorf("drivers %d: want at least 1", c.Drivers)
 	case c.Placement != "uniform" && c.Placement != "demand":
 		return fmt.Errorf("placement %q: want uniform or demand", c.Placement)
+	case c.RequestAttempts < 0:
+		return fmt.Errorf("request attempts %d: must not be negative", c.RequestAttempts)
 	case c.Ping <= 0 || c.Shift < 0 || c.Drain < 0 || c.WarmUp < 0 || c.AnswerDelay < 0 || c.BoardTime < 0:
 		return errors.New("ping must be positive; shift, drain, warm-up, answer delay and board time not negative")
 	case !(c.CityKMH > 0) || !(c.Detour >= 1) || c.GPSNoiseM < 0 || math.IsInf(c.CityKMH, 0):

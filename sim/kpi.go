@@ -19,6 +19,7 @@ type rideRec struct {
 	dropoff  geo.LatLng
 	sentSim  time.Duration
 	sentWall time.Time
+	first    time.Time // wall time of the first attempt
 	id       dispatch.RideID
 	status   int // HTTP status of the request (201 when created)
 
@@ -191,6 +192,10 @@ type Summary struct {
 
 	Invariants InvariantReport `json:"invariants"`
 	Timeline   []Minute        `json:"timeline"`
+	// Outcomes lists every request in demand order, for callers that
+	// relate outcomes to wall-clock events (the chaos soak's fault
+	// windows). Not in summary.json.
+	Outcomes []Outcome `json:"-"`
 
 	waitSample   []float64 // wait until offer, for the report's histograms
 	pickupSample []float64 // wait until pickup
@@ -209,6 +214,8 @@ func (t *tracker) summarise(s *Summary, from, to time.Duration) {
 		timeline[i].T = clockString(from + time.Duration(i)*time.Minute)
 	}
 	for _, r := range t.rides {
+		s.Outcomes = append(s.Outcomes, Outcome{Index: r.idx, At: r.req.At, Sent: r.first, Status: r.status,
+			Ride: r.id, Matched: r.acceptedSim > 0, Final: r.final})
 		s.Requests++
 		m := -1
 		if i := int((r.req.At - from) / time.Minute); i >= 0 && i < len(timeline) {
@@ -272,6 +279,17 @@ func (t *tracker) summarise(s *Summary, from, to time.Duration) {
 	}
 	s.IdleSearchS = quantiles(idle)
 	s.Timeline = timeline
+}
+
+// Outcome is what became of one ride request.
+type Outcome struct {
+	Index   int             // position in the replayed demand
+	At      time.Duration   // simulated request time
+	Sent    time.Time       // wall time of the first attempt
+	Status  int             // HTTP status of the last attempt (0: transport error)
+	Ride    dispatch.RideID // empty when no attempt created a ride
+	Matched bool            // a driver accepted it
+	Final   dispatch.State  // the last state the rider saw
 }
 
 func statusName(code int) string {

@@ -52,8 +52,15 @@ func (c *city) ride(ctx context.Context, r *rideRec) {
 	body, _ := json.Marshal(rideBody{Pickup: r.req.Pickup, Dropoff: r.dropoff})
 	key := fmt.Sprintf("citysim-%d-%d", c.cfg.Seed, r.idx)
 	var ride dispatch.RideView
+	attempts := c.cfg.RequestAttempts
+	if attempts == 0 {
+		attempts = 3
+	}
 	for attempt := 0; ; attempt++ {
 		r.sentSim, r.sentWall = c.clock.Now(), time.Now()
+		if attempt == 0 {
+			c.track.locked(func(*tracker) { r.first = r.sentWall })
+		}
 		status, retryAfter, err := c.postRide(ctx, tok, key, body, &ride)
 		r.status = status
 		if status == http.StatusCreated || status == http.StatusOK {
@@ -62,7 +69,7 @@ func (c *city) ride(ctx context.Context, r *rideRec) {
 			}
 			break
 		}
-		if ctx.Err() != nil || attempt == 2 || (status != http.StatusTooManyRequests && status != http.StatusServiceUnavailable && status != 0) {
+		if ctx.Err() != nil || attempt >= attempts-1 || (status != http.StatusTooManyRequests && status != http.StatusServiceUnavailable && status != 0) {
 			return
 		}
 		c.track.locked(func(t *tracker) { t.retries++ })
