@@ -203,6 +203,13 @@ func (d *Dispatcher) Stats() DispatcherStats {
 		Declined: d.declined.Load(), TimedOut: d.timedOut.Load(), NoDriver: d.noDriver.Load(), Errors: d.errs.Load()}
 }
 
+// Active reports the searches running and their bound (MaxActive).
+func (d *Dispatcher) Active() (active, limit int) {
+	d.searchesMu.Lock()
+	defer d.searchesMu.Unlock()
+	return len(d.searches), d.cfg.MaxActive
+}
+
 // Close stops every search and waits for them. Rides left searching or
 // offered stay so in the store; their leases expire on their own.
 func (d *Dispatcher) Close() {

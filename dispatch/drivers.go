@@ -108,6 +108,14 @@ type DriversConfig struct {
 	PingEvery time.Duration
 	// WriteTimeout bounds one WebSocket write.
 	WriteTimeout time.Duration
+	// Pressure, when set, reports the process's load (LoadMonitor): at 1
+	// or more, GPS gives way to rides. A driver's position that comes
+	// within ThrottleEvery of its last accepted one, with the same
+	// status, is dropped and counted (Throttled) instead of published:
+	// matching loses at most ThrottleEvery of freshness, and the rides
+	// get the CPU.
+	Pressure      func() float64
+	ThrottleEvery time.Duration
 	// Actions, when set, takes the drivers' ride frames (accept, decline,
 	// arrived, start, complete, cancel) from the WebSocket; Rides.DriverAction
 	// is it.
@@ -117,7 +125,7 @@ type DriversConfig struct {
 // DefaultDriversConfig returns the defaults (Sink and Signer unset).
 func DefaultDriversConfig() DriversConfig {
 	return DriversConfig{Now: time.Now, Logger: slog.Default(), ReadLimit: 4096, SendQueue: 32,
-		PingEvery: 20 * time.Second, WriteTimeout: 5 * time.Second}
+		PingEvery: 20 * time.Second, WriteTimeout: 5 * time.Second, ThrottleEvery: 2 * time.Second}
 }
 
 // Validate checks c.
@@ -131,6 +139,8 @@ func (c DriversConfig) Validate() error {
 // DriverStats counts what the gateway did.
 type DriverStats struct {
 	Positions, Rejected, Shed, Connections, Dropped uint64
+	// Throttled counts positions dropped under load (DriversConfig.Pressure).
+	Throttled uint64
 }
 
 // Drivers is the driver gateway: position reports in (HTTP and
@@ -161,12 +171,13 @@ type Drivers struct {
 	last      map[positions.DriverID]lastPos
 	lastSweep time.Time
 
-	positions, rejected, shed, connections, dropped atomic.Uint64
+	positions, rejected, shed, connections, dropped, throttled atomic.Uint64
 }
 
 type lastPos struct {
-	p  geo.LatLng
-	at time.Time
+	p      geo.LatLng
+	at     time.Time
+	status positions.Status
 }
 
 // lastTTL bounds how long a last position is kept.
@@ -208,7 +219,7 @@ func (d *Drivers) Close() {
 
 // Stats returns the counters.
 func (d *Drivers) Stats() DriverStats {
-	return DriverStats{Positions: d.positions.Load(), Rejected: d.rejected.Load(), Shed: d.shed.Load(),
+	return DriverStats{Positions: d.positions.Load(), Rejected: d.rejected.Load(), Shed: d.shed.Load(), Throttled: d.throttled.Load(),
 		Connections: d.connections.Load(), Dropped: d.dropped.Load()}
 }
 
@@ -298,17 +309,34 @@ func (d *Drivers) accept(id positions.DriverID, f PositionFrame) error {
 		d.rejected.Add(1)
 		return err
 	}
+	if d.throttle(id, ev) {
+		d.throttled.Add(1)
+		return nil
+	}
 	if err := d.publish(func() error { return d.cfg.Sink.Publish(ev) }); err != nil {
 		return err
 	}
-	d.remember(id, ev.Pos, ev.ReceiveTime)
+	d.remember(id, ev.Pos, ev.ReceiveTime, ev.Status)
 	return nil
 }
 
-func (d *Drivers) remember(id positions.DriverID, p geo.LatLng, at time.Time) {
+// throttle reports whether ev gives way under load: the process is
+// saturated and the driver's last accepted position, with the same
+// status, is younger than ThrottleEvery.
+func (d *Drivers) throttle(id positions.DriverID, ev positions.Event) bool {
+	if d.cfg.Pressure == nil || d.cfg.ThrottleEvery <= 0 || d.cfg.Pressure() < 1 {
+		return false
+	}
+	d.lastMu.Lock()
+	v, ok := d.last[id]
+	d.lastMu.Unlock()
+	return ok && v.status == ev.Status && ev.ReceiveTime.Sub(v.at) < d.cfg.ThrottleEvery
+}
+
+func (d *Drivers) remember(id positions.DriverID, p geo.LatLng, at time.Time, st positions.Status) {
 	d.lastMu.Lock()
 	defer d.lastMu.Unlock()
-	d.last[id] = lastPos{p: p, at: at}
+	d.last[id] = lastPos{p: p, at: at, status: st}
 	if at.Sub(d.lastSweep) > lastTTL {
 		for k, v := range d.last {
 			if at.Sub(v.at) > lastTTL {

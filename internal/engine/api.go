@@ -37,14 +37,16 @@ type api struct {
 	// demand and outcome layers, through its own client (outcomesCl).
 	outcomes   *dispatch.Outcomes
 	outcomesCl *kgo.Client
-	drivers    *dispatch.Drivers
-	disp       *dispatch.Dispatcher
-	rides      *dispatch.Rides
-	ops        http.Handler
-	policy     *matcher.Switch
-	batcher    *matcher.Batcher
-	store      *dispatch.RideStore
-	dev        bool // tokens use the dev secret: print some at start
+	// load tells the gateway to shed GPS before rides when saturated.
+	load    *dispatch.LoadMonitor
+	drivers *dispatch.Drivers
+	disp    *dispatch.Dispatcher
+	rides   *dispatch.Rides
+	ops     http.Handler
+	policy  *matcher.Switch
+	batcher *matcher.Batcher
+	store   *dispatch.RideStore
+	dev     bool // tokens use the dev secret: print some at start
 	// closing ends at shutdown, closing the rider WebSockets.
 	closing context.Context
 	stop    context.CancelFunc
@@ -148,8 +150,16 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 		return nil, err
 	}
 
+	ldc := dispatch.DefaultLoadConfig()
+	ldc.Searches = func() (int, int) {
+		if a.disp == nil {
+			return 0, 0
+		}
+		return a.disp.Active()
+	}
+	a.load = dispatch.NewLoadMonitor(ldc)
 	dc := dispatch.DefaultDriversConfig()
-	dc.Sink, dc.Signer, dc.Logger = in.publisher, a.signer, quietLog
+	dc.Sink, dc.Signer, dc.Logger, dc.Pressure = in.publisher, a.signer, quietLog, a.load.Pressure
 	// Set before the server serves; the closure breaks the construction
 	// cycle drivers -> dispatcher -> rides -> drivers.
 	dc.Actions = func(ctx context.Context, d positions.DriverID, r dispatch.RideID, k dispatch.EventKind) (dispatch.Ride, error) {
@@ -258,6 +268,7 @@ func (a *api) routes(mux *http.ServeMux) {
 func (a *api) run(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return a.relay.Run(ctx) })
 	g.Go(func() error { return a.outcomes.Consume(ctx, a.outcomesCl) })
+	g.Go(func() error { return a.load.Run(ctx) })
 	g.Go(func() error { return a.disp.Run(ctx) })
 	g.Go(func() error {
 		<-ctx.Done()
@@ -317,6 +328,9 @@ var (
 	descMatchLatency    = prometheus.NewDesc("hexd_match_latency_seconds", "Time from a ride request to its first offer.", nil, nil)
 	descRideStates      = prometheus.NewDesc("hexd_ride_transitions_total", "Rides this process moved into each state.", []string{"state"}, nil)
 	descWSConns         = prometheus.NewDesc("hexd_gateway_websockets", "Driver WebSockets open.", nil, nil)
+	descThrottled       = prometheus.NewDesc("hexd_gateway_throttled_total", "Driver positions dropped under load (a fresher one from the same driver came less than 2 s before).", nil, nil)
+	descPressure        = prometheus.NewDesc("hexd_load_pressure", "Load relative to saturation (scheduling latency p99 / 20 ms, or searches / their bound); GPS gives way at 1.", nil, nil)
+	descSchedP99        = prometheus.NewDesc("hexd_sched_latency_p99_seconds", "Goroutine scheduling latency p99 over the last 250 ms.", nil, nil)
 	descOpsEvents       = prometheus.NewDesc("hexd_ops_ride_events_total", "Ride events read by the ops heatmap, by result (counted, late: before the window, bad: skipped).", []string{"result"}, nil)
 	descPolicyRequests  = prometheus.NewDesc("hexd_match_requests_total", "Match requests by policy and result.", []string{"policy", "result"}, nil)
 	descPolicyETAHist   = prometheus.NewDesc("hexd_match_pickup_eta_seconds", "Pickup ETA of matched requests, by policy (read p90 with histogram_quantile).", []string{"policy"}, nil)
@@ -337,6 +351,9 @@ func (c apiCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDriverRejected, prometheus.CounterValue, float64(d.Rejected))
 	ch <- prometheus.MustNewConstMetric(descDriverShed, prometheus.CounterValue, float64(d.Shed))
 	ch <- prometheus.MustNewConstMetric(descDriverDropped, prometheus.CounterValue, float64(d.Dropped))
+	ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.CounterValue, float64(d.Throttled))
+	ch <- prometheus.MustNewConstMetric(descPressure, prometheus.GaugeValue, c.a.load.Pressure())
+	ch <- prometheus.MustNewConstMetric(descSchedP99, prometheus.GaugeValue, c.a.load.SchedP99().Seconds())
 	x := c.a.disp.Stats()
 	ch <- prometheus.MustNewConstMetric(descSearches, prometheus.CounterValue, float64(x.Searches))
 	for outcome, v := range map[string]uint64{"sent": x.Offers, "accepted": x.Accepted, "declined": x.Declined, "timed_out": x.TimedOut} {
