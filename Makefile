@@ -45,6 +45,7 @@ bench:
 	./bin/hexbench -peer redis -workloads pipeline -drivers 600000 -duration $(BENCHTIME) >> $(BENCHOUT)
 	./bin/hexbench -peer redis -workloads assign -duration $(BENCHTIME) >> $(BENCHOUT)
 	./bin/hexbench -peer redis -workloads ws-conns -drivers 19000 >> $(BENCHOUT)
+	./bin/hexbench -peer redis -workloads ws-conns -drivers 50000 >> $(BENCHOUT)
 	./bin/hexbench -peer redis -workloads match-e2e -drivers 50000 -rate 500 -duration $(E2ETIME) >> $(BENCHOUT)
 	./bin/hexbench -peer redis -workloads match-e2e -drivers 50000 -rate 200 -duration $(E2ETIME) >> $(BENCHOUT)
 	./bin/hexbench -peer redis -workloads match-e2e -drivers 50000 -rate 100 -duration $(E2ETIME) >> $(BENCHOUT)
@@ -59,6 +60,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDriverLocation$$' -fuzztime $(FUZZTIME) ./dispatch
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./positions
 	$(GO) test -run '^$$' -fuzz '^FuzzAssign$$' -fuzztime $(FUZZTIME) ./matcher
+	$(GO) test -run '^$$' -fuzz '^FuzzRideEventRecord$$' -fuzztime $(FUZZTIME) ./dispatch
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeNearestRequest$$' -fuzztime $(FUZZTIME) ./matcher
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeNearestResponse$$' -fuzztime $(FUZZTIME) ./matcher
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCellCounts$$' -fuzztime $(FUZZTIME) ./matcher
