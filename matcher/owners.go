@@ -249,10 +249,19 @@ func (r *Registry) Resolve(ctx context.Context, parts []positions.Partition) (ma
 // that Publish reports stale is passed to lost (if not nil) so the worker
 // can stop serving it. It returns ctx's error.
 func (r *Registry) Heartbeat(ctx context.Context, addr string, owned func() map[positions.Partition]int64, lost func(positions.Partition, error)) error {
-	tick := time.NewTicker(r.cfg.TTL / 3)
-	defer tick.Stop()
+	return r.HeartbeatOn(ctx, addr, owned, lost, nil)
+}
+
+// HeartbeatOn is Heartbeat that also beats at once whenever changed is
+// signalled (positions.Worker.OwnedChanged), so a partition that became
+// ready is findable without waiting up to TTL/3, and retries a beat that
+// Redis refused after TTL/12 rather than TTL/3, so the entries outlive a
+// short Redis outage.
+func (r *Registry) HeartbeatOn(ctx context.Context, addr string, owned func() map[positions.Partition]int64,
+	lost func(positions.Partition, error), changed <-chan struct{}) error {
 	var last map[positions.Partition]int64
 	for {
+		failed := false
 		cur := owned()
 		// Partitions given up since the last beat (revoked, or the worker
 		// is shrinking): withdraw them so matchers stop asking at once
@@ -265,12 +274,20 @@ func (r *Registry) Heartbeat(ctx context.Context, addr string, owned func() map[
 		last = cur
 		for p, fence := range last {
 			err := r.Publish(ctx, p, Owner{Addr: addr, Fence: fence})
-			if errors.Is(err, ErrStaleOwner) && lost != nil {
-				lost(p, err)
+			switch {
+			case errors.Is(err, ErrStaleOwner):
+				if lost != nil {
+					lost(p, err)
+				}
+			case err != nil:
+				failed = true // Redis down: retried soon; the entry lives for TTL
 			}
-			// Other errors (Redis down) are retried on the next tick; the
-			// entry lives for TTL, three ticks.
 		}
+		wait := r.cfg.TTL / 3
+		if failed {
+			wait = r.cfg.TTL / 12
+		}
+		tick := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			// Withdraw with a fresh context: ctx is already done.
@@ -279,8 +296,11 @@ func (r *Registry) Heartbeat(ctx context.Context, addr string, owned func() map[
 				_ = r.Withdraw(wctx, p, Owner{Addr: addr, Fence: fence})
 			}
 			cancel()
+			tick.Stop()
 			return ctx.Err()
 		case <-tick.C:
+		case <-changed:
+			tick.Stop()
 		}
 	}
 }

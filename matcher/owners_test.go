@@ -296,3 +296,41 @@ func TestHeartbeatPublishesWithdrawsAndReportsLoss(t *testing.T) {
 		t.Fatalf("after shutdown: %v, %v; want only 8 -> w2", got, err)
 	}
 }
+
+// TestHeartbeatOnChange: with a long TTL (beats a minute apart), a
+// partition that becomes owned is published as soon as the worker signals
+// the change, not at the next beat.
+func TestHeartbeatOnChange(t *testing.T) {
+	reg, _ := newRegistry(t, 3*time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
+	var ownedMu sync.Mutex
+	ownedSet := map[positions.Partition]int64{}
+	owned := func() map[positions.Partition]int64 {
+		ownedMu.Lock()
+		defer ownedMu.Unlock()
+		return maps.Clone(ownedSet)
+	}
+	changed := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() { done <- reg.HeartbeatOn(ctx, "w1", owned, nil, changed) }()
+	time.Sleep(50 * time.Millisecond) // the first beat has nothing to publish
+	ownedMu.Lock()
+	ownedSet[4] = 2
+	ownedMu.Unlock()
+	changed <- struct{}{}
+	deadline := time.Now().Add(10 * time.Second) // far below the minute to the next beat
+	for {
+		got, err := reg.Resolve(context.Background(), []positions.Partition{4})
+		if err == nil && got[4] == (matcher.Owner{Addr: "w1", Fence: 2}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("partition 4 not published after the change signal: %v %v", got, err)
+		}
+		time.Sleep(2 * time.Millisecond) // polling with a deadline
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("HeartbeatOn returned %v", err)
+	}
+}

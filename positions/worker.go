@@ -145,8 +145,11 @@ type Worker struct {
 	cfg WorkerConfig
 
 	ownersMu sync.Mutex
-	owners   map[Partition]*owner
-	joined   bool // an assignment has completed and not been lost since
+	// changed is signalled (never blocking) when Owned changes: a
+	// partition became ready or was dropped.
+	changed chan struct{}
+	owners  map[Partition]*owner
+	joined  bool // an assignment has completed and not been lost since
 	// generation is the consumer-group generation of the last assignment:
 	// the fence an ownership registry needs.
 	generation int64
@@ -194,7 +197,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Worker{cfg: cfg, owners: make(map[Partition]*owner)}, nil
+	return &Worker{cfg: cfg, owners: make(map[Partition]*owner), changed: make(chan struct{}, 1)}, nil
 }
 
 // Run consumes until ctx ends, then leaves the group and stops every owner.
@@ -336,6 +339,9 @@ func (w *Worker) dropOwners(ps []int32) {
 		<-o.done
 		w.cfg.Logger.Info("positions worker: partition dropped", "partition", o.part)
 	}
+	if len(stopped) > 0 {
+		w.ownedChanged()
+	}
 }
 
 // adjustOffsets runs after the group assigned partitions and before
@@ -437,7 +443,21 @@ func (o *owner) markReady(w *Worker) {
 	w.rebuilds.Add(1)
 	w.rebuildLatency.Observe(d)
 	w.cfg.Logger.Info("positions worker: partition ready", "partition", o.part, "rebuild", d, "drivers", o.drivers.Load())
+	w.ownedChanged()
 }
+
+func (w *Worker) ownedChanged() {
+	select {
+	case w.changed <- struct{}{}:
+	default:
+	}
+}
+
+// OwnedChanged is signalled when Owned may have changed (a partition
+// became ready or was dropped), so the ownership registry can publish at
+// once rather than at its next heartbeat. Several changes may share one
+// signal.
+func (w *Worker) OwnedChanged() <-chan struct{} { return w.changed }
 
 func (o *owner) run(w *Worker) {
 	x, err := NewIndex(w.cfg.Index)

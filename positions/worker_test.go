@@ -544,3 +544,26 @@ func TestIngestStopsItsGoroutines(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestWorkerSignalsOwnedChanges: a partition that becomes ready, and one
+// handed to a second worker, each signal OwnedChanged, and after the
+// signal Owned shows the change.
+func TestWorkerSignalsOwnedChanges(t *testing.T) {
+	_, brokers := startCluster(t, 4)
+	w1 := startWorker(t, workerConfig(brokers))
+	wait := func(w runningWorker, what string, cond func(map[positions.Partition]int64) bool) {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		for !cond(w.Owned()) {
+			select {
+			case <-w.OwnedChanged():
+			case <-deadline:
+				t.Fatalf("%s: owned %v", what, w.Owned())
+			}
+		}
+	}
+	wait(w1, "all four ready on the first worker", func(o map[positions.Partition]int64) bool { return len(o) == 4 })
+	w2 := startWorker(t, workerConfig(brokers))
+	wait(w1, "the first worker gave partitions up", func(o map[positions.Partition]int64) bool { return len(o) < 4 })
+	wait(w2, "the second worker owns some", func(o map[positions.Partition]int64) bool { return len(o) > 0 })
+}

@@ -56,9 +56,9 @@ func (o *ownership) run(ctx context.Context, g *errgroup.Group) {
 		return nil
 	})
 	g.Go(func() error {
-		err := o.reg.Heartbeat(ctx, addr, o.w.Owned, func(p positions.Partition, err error) {
+		err := o.reg.HeartbeatOn(ctx, addr, o.w.Owned, func(p positions.Partition, err error) {
 			o.log.Warn("a newer owner holds a partition this worker still has", "partition", p, "err", err)
-		})
+		}, o.w.OwnedChanged())
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		o.srv.Shutdown(sctx)
