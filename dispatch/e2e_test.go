@@ -481,3 +481,38 @@ func TestOfferTimeoutMovesOnAndCancelFreesTheDriver(t *testing.T) {
 		t.Fatalf("second's next offer %v", m)
 	}
 }
+
+// TestRetryAfterBusyStartsTheSearch: a request the dispatcher cannot take
+// (at capacity) gets 503, and the rider's retry with the same
+// Idempotency-Key, once there is room, starts that ride's search instead
+// of returning a dead ride.
+func TestRetryAfterBusyStartsTheSearch(t *testing.T) {
+	e := newEngine(t, time.Second, func(c *dispatch.DispatcherConfig) { c.MaxActive = 1 })
+	body := `{"pickup":{"lat":-33.8688,"lng":151.2093},"dropoff":{"lat":-33.8,"lng":151.2}}` // nobody drives in Sydney
+	first := e.tok(t, "u1", dispatch.RoleRider)
+	code, r1, raw := e.do(t, "POST", "/v1/rides", first, body)
+	if code != http.StatusCreated {
+		t.Fatalf("first: %d %s", code, raw)
+	}
+	e.waitState(t, r1.ID, dispatch.Searching)
+	second := e.tok(t, "u2", dispatch.RoleRider)
+	code, _, raw = e.do(t, "POST", "/v1/rides", second, body, "Idempotency-Key", "k1")
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("second at capacity: %d %s", code, raw)
+	}
+	if code, _, raw := e.do(t, "DELETE", "/v1/rides/"+string(r1.ID), first, ""); code != 200 {
+		t.Fatalf("cancel: %d %s", code, raw)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, r2, raw := e.do(t, "POST", "/v1/rides", second, body, "Idempotency-Key", "k1")
+		if code == http.StatusOK {
+			e.waitState(t, r2.ID, dispatch.Searching)
+			return
+		}
+		if code != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			t.Fatalf("retry: %d %s", code, raw)
+		}
+		time.Sleep(50 * time.Millisecond) // the first search is still winding down
+	}
+}

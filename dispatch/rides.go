@@ -115,6 +115,10 @@ type RideRequest struct {
 
 const maxRideBody = 4096
 
+// StartRetryGrace is how long a ride whose search could not start (503)
+// waits, requested, for the rider's retry with the same Idempotency-Key.
+const StartRetryGrace = 30 * time.Second
+
 // storeError maps store and lease failures to API errors.
 func storeError(err error) error {
 	switch {
@@ -193,10 +197,16 @@ func (h *Rides) request(w http.ResponseWriter, r *http.Request) {
 	}
 	if stored.State == Requested {
 		if err := h.cfg.Dispatcher.Start(stored); err != nil {
-			// At capacity or Redis trouble: the ride cannot be matched
-			// now; end it rather than leave it waiting for nobody.
-			if ended, aerr := h.cfg.Store.ApplyFrom(r.Context(), stored, Event{Kind: EvExpire, At: h.cfg.Now()}); aerr == nil {
-				stored = ended
+			// At capacity or Redis trouble: no search runs for the ride.
+			// The 503 asks the rider to retry, and a retry with the same
+			// Idempotency-Key must start the search, not find the ride
+			// dead: it stays requested for StartRetryGrace, after which
+			// the search sweep expires it. If even that cannot be
+			// recorded, it ends now rather than wait for nobody.
+			if terr := h.cfg.Store.TrackSearch(r.Context(), id, h.cfg.Now().Add(StartRetryGrace)); terr != nil {
+				if ended, aerr := h.cfg.Store.ApplyFrom(r.Context(), stored, Event{Kind: EvExpire, At: h.cfg.Now()}); aerr == nil {
+					stored = ended
+				}
 			}
 			WriteError(w, &APIError{Status: http.StatusServiceUnavailable, Code: "busy", Message: "matching is at capacity; retry shortly", RetryAfter: 2 * time.Second})
 			return
