@@ -32,6 +32,12 @@ func (c *manualClock) Set(t time.Time) {
 	c.now = t
 }
 
+func (c *manualClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
 // sentTo records what the dispatcher sends to drivers.
 type sentTo struct {
 	mu   sync.Mutex

@@ -319,7 +319,7 @@ func heatmapValues(t *testing.T, srv *httptest.Server, token, query string) map[
 func TestHeatmapRideEventLayers(t *testing.T) {
 	// The middle of a minute: the requests are fresh (no decay) wherever
 	// in the minute the test runs.
-	clk := &fakeClock{t: time.Now().Truncate(time.Minute).Add(30 * time.Second)}
+	clk := &manualClock{now: time.Now().Truncate(time.Minute).Add(30 * time.Second)}
 	o := newOutcomes(t, clk)
 	srv, _, s := newOpsServer(t, withOutcomes(o))
 	ops := mint(t, s, dispatch.RoleOps)
@@ -455,7 +455,7 @@ func TestAlerts(t *testing.T) {
 	dlq := prometheus.NewCounter(prometheus.CounterOpts{Name: "hexd_positions_dead_letters_total"})
 	lag := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "hexd_positions_consumer_lag"}, []string{"partition"})
 	reg.MustRegister(match, httpH, dlq, lag)
-	clk := &fakeClock{t: time.Now()}
+	clk := &manualClock{now: time.Now()}
 	srv, _, s := newOpsServer(t, func(c *dispatch.OpsConfig) { c.Metrics, c.Now = reg, clk.Now })
 	ops := mint(t, s, dispatch.RoleOps)
 	read := func() dispatch.Alerts {

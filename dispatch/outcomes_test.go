@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"math"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,30 +14,12 @@ import (
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
-// fakeClock is a settable clock for windowed aggregates.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 var (
 	timesSquare = geo.LatLng{Lat: 40.7580, Lng: -73.9855}
 	brooklyn    = geo.LatLng{Lat: 40.6782, Lng: -73.9442}
 )
 
-func newOutcomes(t *testing.T, clk *fakeClock) *dispatch.Outcomes {
+func newOutcomes(t *testing.T, clk *manualClock) *dispatch.Outcomes {
 	t.Helper()
 	cfg := dispatch.DefaultOutcomesConfig()
 	cfg.Now = clk.Now
@@ -78,7 +59,7 @@ func cellOf(t *testing.T, p geo.LatLng, res int) geo.Cell {
 }
 
 func TestOutcomesLayers(t *testing.T) {
-	clk := &fakeClock{t: t0}
+	clk := &manualClock{now: t0}
 	o := newOutcomes(t, clk)
 	var all []dispatch.RideEvent
 	all = append(all, rideEvents("a", timesSquare, t0.Add(-2*time.Minute), 120)...)
@@ -142,12 +123,12 @@ func TestOutcomesLayers(t *testing.T) {
 }
 
 func TestOutcomesDecayedDemand(t *testing.T) {
-	clk := &fakeClock{t: t0}
+	clk := &manualClock{now: t0}
 	o := newOutcomes(t, clk)
 	// One request now, one five minutes (a half-life) ago, at the middle
 	// of their buckets.
 	mid := t0.Truncate(time.Minute).Add(30 * time.Second)
-	clk.t = mid
+	clk.Set(mid)
 	o.Add(rideEvents("now", timesSquare, mid, 0)[0])
 	o.Add(rideEvents("then", brooklyn, mid.Add(-5*time.Minute), 0)[0])
 	d := o.DecayedDemand(9)
@@ -253,7 +234,7 @@ func FuzzRideEventRecord(f *testing.F) {
 	f.Add([]byte(`{"ride":"","to":"weird"}`))
 	f.Add([]byte(`not json`))
 	f.Fuzz(func(t *testing.T, value []byte) {
-		clk := &fakeClock{t: t0}
+		clk := &manualClock{now: t0}
 		o := newOutcomes(t, clk)
 		var e dispatch.RideEvent
 		if json.Unmarshal(value, &e) != nil {

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hexdispatch/hexdispatch/internal/cli"
 	"github.com/hexdispatch/hexdispatch/sim"
 )
 
@@ -78,7 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.recoveryP99, "recovery-p99", 5*time.Second, "target: worker-kill recovery p99 below this")
 	fs.Float64Var(&c.minRatio, "min-ratio", 0.95, "target: match success during faults over the fault-free run at least this")
 	fs.BoolVar(&c.failOnTargets, "fail-on-targets", false, "exit non-zero when a target is missed (invariant violations always do)")
-	if err := applyEnv(fs); err != nil {
+	if err := cli.ApplyEnv(fs, "HEXD_CHAOS_"); err != nil {
 		return c, err
 	}
 	if err := fs.Parse(args); err != nil {
@@ -180,21 +181,6 @@ func parseRange(name, s string) ([2]time.Duration, error) {
 		return [2]time.Duration{}, fmt.Errorf("-%s %q: want a positive duration or lo-hi", name, s)
 	}
 	return [2]time.Duration{a, b}, nil
-}
-
-// applyEnv sets every flag that has a HEXD_CHAOS_<FLAG> variable before
-// the command line is parsed, so flags win over env.
-func applyEnv(fs *flag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := "HEXD_CHAOS_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(name); ok && err == nil {
-			if e := f.Value.Set(v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", name, v, e)
-			}
-		}
-	})
-	return err
 }
 
 // run is the whole program: the baseline run, the chaos run, the report.

@@ -6,13 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/hexdispatch/hexdispatch/internal/cli"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
@@ -34,7 +34,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.dlqPartitions, "dlq-partitions", 1, "partitions of the "+positions.DefaultDLQTopic+" topic")
 	fs.StringVar(&c.dataDir, "data-dir", "", "directory to persist topics and groups in (empty: memory only); state is reloaded from it on start")
 	fs.DurationVar(&c.minSession, "min-session-timeout", 500*time.Millisecond, "smallest consumer-group session timeout the broker accepts (Kafka's default is 6s; workers fail over faster with less)")
-	if err := applyEnv(fs); err != nil {
+	if err := cli.ApplyEnv(fs, "HEXD_DEVBROKER_"); err != nil {
 		return c, err
 	}
 	if err := fs.Parse(args); err != nil {
@@ -59,21 +59,6 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("-min-session-timeout %v: must be positive", c.minSession)
 	}
 	return c, nil
-}
-
-// applyEnv sets every flag that has a HEXD_DEVBROKER_<FLAG> variable before
-// the command line is parsed, so flags win over env.
-func applyEnv(fs *flag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := "HEXD_DEVBROKER_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(name); ok && err == nil {
-			if e := f.Value.Set(v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", name, v, e)
-			}
-		}
-	})
-	return err
 }
 
 // run starts the cluster, prints its addresses as the first stdout line

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/dispatch"
+	"github.com/hexdispatch/hexdispatch/internal/cli"
 	"github.com/hexdispatch/hexdispatch/internal/engine"
 )
 
@@ -62,7 +62,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.policy, "policy", "greedy", "default matching policy: greedy | batched (ops switch it per region at /v1/ops/policy)")
 	fs.DurationVar(&c.batchWindow, "batch-window", 2*time.Second, "how long the batched policy collects a region's requests before planning them")
 	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "comma-separated extra browser origins (host patterns) allowed to open the driver WebSocket")
-	if err := applyEnv(fs); err != nil {
+	if err := cli.ApplyEnv(fs, "HEXD_"); err != nil {
 		return c, err
 	}
 	if err := fs.Parse(args); err != nil {
@@ -105,21 +105,6 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("-shutdown-timeout %v: must be positive", c.shutdownTimeout)
 	}
 	return c, nil
-}
-
-// applyEnv sets every flag that has a HEXD_<FLAG> variable (dashes become
-// underscores) before the command line is parsed, so flags win over env.
-func applyEnv(fs *flag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := "HEXD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(name); ok && err == nil {
-			if e := f.Value.Set(v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", name, v, e)
-			}
-		}
-	})
-	return err
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
