@@ -15,9 +15,9 @@ import (
 	"github.com/hexdispatch/hexdispatch/geo"
 )
 
-// wsFrames dials path on e with token and returns its frames; the channel
-// closes when the connection ends.
-func (e *engine) wsFrames(t *testing.T, ctx context.Context, path, token string) (*websocket.Conn, <-chan map[string]any) {
+// dialWS opens the WebSocket at path on e with token, closed when the test
+// ends.
+func (e *engine) dialWS(t *testing.T, ctx context.Context, path, token string) *websocket.Conn {
 	t.Helper()
 	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+path,
 		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + token}}})
@@ -25,6 +25,20 @@ func (e *engine) wsFrames(t *testing.T, ctx context.Context, path, token string)
 		t.Fatalf("dial %s: %v", path, err)
 	}
 	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+// dialDriver opens driver id's WebSocket.
+func (e *engine) dialDriver(t *testing.T, ctx context.Context, id string) *websocket.Conn {
+	t.Helper()
+	return e.dialWS(t, ctx, "/v1/drivers/ws", e.tok(t, id, dispatch.RoleDriver))
+}
+
+// wsFrames dials path on e with token and returns its frames; the channel
+// closes when the connection ends.
+func (e *engine) wsFrames(t *testing.T, ctx context.Context, path, token string) (*websocket.Conn, <-chan map[string]any) {
+	t.Helper()
+	c := e.dialWS(t, ctx, path, token)
 	ch := make(chan map[string]any, 64)
 	go func() {
 		defer close(ch)

@@ -188,21 +188,9 @@ func TestRideLifecycleEndToEnd(t *testing.T) {
 	// Two drivers online over WebSocket; near is 300 m from the pickup,
 	// far 1.5 km.
 	pickup := geo.LatLng{Lat: 40.7580, Lng: -73.9855}
-	dial := func(id string) *websocket.Conn {
-		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+"/v1/drivers/ws",
-			&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + e.tok(t, id, dispatch.RoleDriver)}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.CloseNow() })
-		return c
-	}
-	near, far := dial("near"), dial("far")
+	near, far := e.dialDriver(t, ctx, "near"), e.dialDriver(t, ctx, "far")
 	ping := func(c *websocket.Conn, lat float64) {
-		b, _ := json.Marshal(map[string]any{"type": "position", "lat": lat, "lng": pickup.Lng, "status": "available", "seq": time.Now().UnixNano()})
-		if err := c.Write(ctx, websocket.MessageText, b); err != nil {
-			t.Fatal(err)
-		}
+		sendFrame(t, ctx, c, map[string]any{"type": "position", "lat": lat, "lng": pickup.Lng, "status": "available", "seq": time.Now().UnixNano()})
 	}
 	ping(near, pickup.Lat+300/111195.0)
 	ping(far, pickup.Lat-1500/111195.0)
@@ -405,12 +393,7 @@ func TestOfferTimeoutMovesOnAndCancelFreesTheDriver(t *testing.T) {
 	pickup := geo.LatLng{Lat: 40.7580, Lng: -73.9855}
 	frames := map[string]chan map[string]any{}
 	dial := func(id string, lat float64) {
-		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+"/v1/drivers/ws",
-			&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + e.tok(t, id, dispatch.RoleDriver)}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.CloseNow() })
+		c := e.dialDriver(t, ctx, id)
 		ch := make(chan map[string]any, 16)
 		frames[id] = ch
 		go func() {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,17 +19,9 @@ func fanOutCity(t *testing.T, e *engine, ctx context.Context, pickup geo.LatLng,
 	t.Helper()
 	conns := map[string]*websocket.Conn{}
 	for i, id := range ids {
-		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.srv.URL, "http")+"/v1/drivers/ws",
-			&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + e.tok(t, id, dispatch.RoleDriver)}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.CloseNow() })
-		b, _ := json.Marshal(map[string]any{"type": "position", "lat": pickup.Lat + float64(i+1)*200/111195.0, "lng": pickup.Lng,
+		c := e.dialDriver(t, ctx, id)
+		sendFrame(t, ctx, c, map[string]any{"type": "position", "lat": pickup.Lat + float64(i+1)*200/111195.0, "lng": pickup.Lng,
 			"status": "available", "seq": 1})
-		if err := c.Write(ctx, websocket.MessageText, b); err != nil {
-			t.Fatal(err)
-		}
 		conns[id] = c
 	}
 	for {
