@@ -71,15 +71,15 @@ func (o *opsServer) outcomes(layer string) (*Outcomes, error) {
 
 // values returns a layer's value per cell at res and the partitions whose
 // owners did not answer.
-func (o *opsServer) values(ctx context.Context, layer string, res int) (map[geo.Cell]float64, []positions.Partition, error) {
+func (o *opsServer) values(ctx context.Context, layer string, res int) ([]cellValue, []positions.Partition, error) {
 	if f, ok := supplyLayers[layer]; ok {
 		counts, missed, err := o.supply(ctx, res, f)
 		if err != nil {
 			return nil, nil, err
 		}
-		out := make(map[geo.Cell]float64, len(counts))
+		out := make([]cellValue, 0, len(counts))
 		for c, n := range counts {
-			out[c] = float64(n)
+			out = append(out, cellValue{c, float64(n)})
 		}
 		return out, missed, nil
 	}
@@ -87,15 +87,22 @@ func (o *opsServer) values(ctx context.Context, layer string, res int) (map[geo.
 	if err != nil {
 		return nil, nil, err
 	}
+	var m map[geo.Cell]float64
+	var missed []positions.Partition
 	if layer == LayerSurge {
-		counts, missed, err := o.supply(ctx, res, positions.Available)
+		counts, miss, err := o.supply(ctx, res, positions.Available)
 		if err != nil {
 			return nil, nil, err
 		}
-		return Surge(oc.DecayedDemand(res), counts), missed, nil
+		m, missed = Surge(oc.DecayedDemand(res), counts), miss
+	} else if m, err = oc.Layer(layer, res); err != nil {
+		return nil, nil, err
 	}
-	v, err := oc.Layer(layer, res)
-	return v, nil, err
+	out := make([]cellValue, 0, len(m))
+	for c, v := range m {
+		out = append(out, cellValue{c, v})
+	}
+	return out, missed, nil
 }
 
 // Surge returns the surge multiplier of every cell with demand: with D the
@@ -130,18 +137,15 @@ type cellValue struct {
 	v float64
 }
 
-// ranked returns the cells inside bbox, highest value first, at most
-// MaxHeatmapCells of them, and whether some were cut.
-func ranked(values map[geo.Cell]float64, bbox *geo.BBox) ([]cellValue, bool) {
-	list := make([]cellValue, 0, len(values))
-	for c, v := range values {
-		if bbox != nil {
-			center, err := geo.CellCenter(c)
-			if err != nil || !bbox.Contains(center) {
-				continue
-			}
-		}
-		list = append(list, cellValue{c, v})
+// ranked keeps the cells inside bbox, highest value first, at most
+// MaxHeatmapCells of them, and reports whether some were cut. It reorders
+// list in place.
+func ranked(list []cellValue, bbox *geo.BBox) ([]cellValue, bool) {
+	if bbox != nil {
+		list = slices.DeleteFunc(list, func(e cellValue) bool {
+			center, err := geo.CellCenter(e.c)
+			return err != nil || !bbox.Contains(center)
+		})
 	}
 	slices.SortFunc(list, func(a, b cellValue) int { return cmp.Or(cmp.Compare(b.v, a.v), cmp.Compare(a.c, b.c)) })
 	if len(list) > MaxHeatmapCells {
@@ -149,6 +153,9 @@ func ranked(values map[geo.Cell]float64, bbox *geo.BBox) ([]cellValue, bool) {
 	}
 	return list, false
 }
+
+// heatmapBufs recycles the answer buffers (a city's heatmap is a few MB).
+var heatmapBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 func (o *opsServer) heatmap(w http.ResponseWriter, r *http.Request) {
 	hq, err := parseHeatmapQuery(r.URL.Query())
@@ -162,13 +169,17 @@ func (o *opsServer) heatmap(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	list, truncated := ranked(values, hq.bbox)
-	buf := make([]byte, 0, 256+len(list)*240)
+	bp := heatmapBufs.Get().(*[]byte)
+	defer heatmapBufs.Put(bp)
+	buf := slices.Grow((*bp)[:0], 256+len(list)*240)
 	buf = appendHeatmapHead(buf, hq, missed, truncated, o.cfg.Now())
 	buf = append(buf, `,"cells":[`...)
 	buf = appendCells(buf, list, nil)
 	buf = append(buf, "]}\n"...)
+	*bp = buf
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Length", strconv.Itoa(len(buf)))
 	w.Write(buf)
 }
 
