@@ -229,18 +229,33 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	if err := r.loadHTTPDrivers(gctx, drivers); err != nil {
 		return nil, err
 	}
+	// Drivers report again while the index fills: on a busy machine
+	// loading them all can take longer than the engine's TTL, and the
+	// first would expire before the last arrived.
+	g.Go(func() error { return r.refresh(gctx, drivers, env.Refresh) })
 	if err := r.waitIndexed(gctx, n, time.Minute); err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(env.Progress, "hexbench: match-e2e: %d drivers in the index after %.1fs; rides at %.0f/s for %v ...\n", n, time.Since(t0).Seconds(), env.Rate, env.Duration)
-	g.Go(func() error { return r.refresh(gctx, drivers, env.Refresh) })
 
 	riders := r.dialer.httpClient(1024)
 	if peer != nil {
 		peer.Client.ConfigResetStat(ctx) // count the rides' commands, not the start's
 	}
 	pos0 := r.positions.Load()
+	// The engine's CPU over the ride loop: under load from other jobs the
+	// latencies say little, the CPU spent per ride still compares.
+	cpu0, _ := engineSum(base, "process_cpu_seconds_total")
+	var rcpu0 float64
+	if peer != nil {
+		rcpu0 = redisCPU(ctx, peer)
+	}
 	elapsed, lag := r.requestRides(gctx, riders, env)
+	cpu1, _ := engineSum(base, "process_cpu_seconds_total")
+	var rcpu1 float64
+	if peer != nil {
+		rcpu1 = redisCPU(ctx, peer)
+	}
 	positionsPerS := float64(r.positions.Load()-pos0) / elapsed.Seconds()
 	offers := r.offers.Load()
 	// Offers of the last requests may still be on their way.
@@ -262,8 +277,14 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	noOffer := r.created.Load() - int64(len(t.samples))
 	r.ridesMu.Unlock()
 	engineStats := engineOfferStats(base)
+	if c := r.created.Load(); c > 0 && cpu1 > cpu0 {
+		engineStats += fmt.Sprintf(", %.2f ms engine CPU per created ride over the loop (%.2f cores)", (cpu1-cpu0)*1e3/float64(c), (cpu1-cpu0)/elapsed.Seconds())
+	}
 	if peer != nil {
 		engineStats += "; " + redisPerRide(ctx, peer, r.created.Load())
+		if c := r.created.Load(); c > 0 && rcpu1 > rcpu0 {
+			engineStats += fmt.Sprintf(", %.2f ms redis-server CPU per created ride", (rcpu1-rcpu0)*1e3/float64(c))
+		}
 	}
 
 	errs := r.httpErrs.Load() + r.skipped.Load() + noOffer + r.driverErrs.Load()
@@ -791,4 +812,16 @@ func redisPerRide(ctx context.Context, p *redisPeer, rides int64) string {
 	}
 	return fmt.Sprintf("redis-server: %.1f commands per created ride, %.1f of them Lua scripts (INFO commandstats, script-inner commands included)",
 		all/float64(rides), scripts/float64(rides))
+}
+
+// redisCPU is the CPU seconds redis-server has used (INFO cpu, user and
+// system).
+func redisCPU(ctx context.Context, p *redisPeer) float64 {
+	info, err := p.Client.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0
+	}
+	user, _ := strconv.ParseFloat(infoField(info, "used_cpu_user"), 64)
+	sys, _ := strconv.ParseFloat(infoField(info, "used_cpu_sys"), 64)
+	return user + sys
 }

@@ -40,3 +40,37 @@ func TestMatchE2EWorkload(t *testing.T) {
 		t.Fatalf("note %q does not name the engine's revision", r.Note)
 	}
 }
+
+// TestMatchE2EOnRedisServer: with -peer redis, match-e2e runs a second
+// time with the engine on the peer's redis-server and counts its Redis
+// commands per ride.
+func TestMatchE2EOnRedisServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the engine")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := run(ctx, []string{"-peer", "redis", "-workloads", "match-e2e", "-drivers", "300", "-ws-drivers", "100",
+		"-rate", "20", "-duration", "1s", "-refresh", "2s"}, &out, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var systems []string
+	for line := range strings.Lines(out.String()) {
+		var r Result
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("result %q: %v", line, err)
+		}
+		systems = append(systems, r.System)
+		if r.Ops == 0 || r.P50us <= 0 {
+			t.Fatalf("%s: result %+v: want offered rides with latencies", r.System, r)
+		}
+		if r.System == e2eRedisSystem && !strings.Contains(r.Note, "commands per created ride") {
+			t.Fatalf("note %q does not count the Redis commands", r.Note)
+		}
+	}
+	if len(systems) != 2 || systems[0] != "hexdispatch" || systems[1] != e2eRedisSystem {
+		t.Fatalf("systems %v, want hexdispatch then %s", systems, e2eRedisSystem)
+	}
+}
