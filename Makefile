@@ -61,6 +61,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./positions
 	$(GO) test -run '^$$' -fuzz '^FuzzAssign$$' -fuzztime $(FUZZTIME) ./matcher
 	$(GO) test -run '^$$' -fuzz '^FuzzRideEventRecord$$' -fuzztime $(FUZZTIME) ./dispatch
+	$(GO) test -run '^$$' -fuzz '^FuzzRideRequestBody$$' -fuzztime $(FUZZTIME) ./dispatch
+	$(GO) test -run '^$$' -fuzz '^FuzzPolicyBody$$' -fuzztime $(FUZZTIME) ./dispatch
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeNearestRequest$$' -fuzztime $(FUZZTIME) ./matcher
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeNearestResponse$$' -fuzztime $(FUZZTIME) ./matcher
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCellCounts$$' -fuzztime $(FUZZTIME) ./matcher

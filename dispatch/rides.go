@@ -154,24 +154,10 @@ func (h *Rides) limited(f http.HandlerFunc) http.HandlerFunc {
 
 func (h *Rides) request(w http.ResponseWriter, r *http.Request) {
 	c, _ := ClaimsFrom(r.Context())
-	var req RideRequest
-	if err := DecodeJSON(w, r, maxRideBody, &req); err != nil {
+	req, err := decodeRideRequest(w, r)
+	if err != nil {
 		WriteError(w, err)
 		return
-	}
-	if req.Pickup == nil {
-		WriteError(w, BadField("pickup", "pickup is required"))
-		return
-	}
-	if req.Dropoff == nil {
-		WriteError(w, BadField("dropoff", "dropoff is required"))
-		return
-	}
-	for field, p := range map[string]geo.LatLng{"pickup": *req.Pickup, "dropoff": *req.Dropoff} {
-		if err := p.Validate(); err != nil {
-			WriteError(w, BadField(field, "%v", err))
-			return
-		}
 	}
 	key := r.Header.Get("Idempotency-Key")
 	if len(key) > 128 {
@@ -218,6 +204,30 @@ func (h *Rides) request(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/v1/rides/"+string(id))
 	writeJSON(w, status, view(stored))
+}
+
+// decodeRideRequest reads and checks the body of POST /v1/rides: both
+// points present and valid, or an APIError naming the field.
+func decodeRideRequest(w http.ResponseWriter, r *http.Request) (RideRequest, error) {
+	var req RideRequest
+	if err := DecodeJSON(w, r, maxRideBody, &req); err != nil {
+		return req, err
+	}
+	if req.Pickup == nil {
+		return req, BadField("pickup", "pickup is required")
+	}
+	if req.Dropoff == nil {
+		return req, BadField("dropoff", "dropoff is required")
+	}
+	for _, f := range []struct {
+		name string
+		p    geo.LatLng
+	}{{"pickup", *req.Pickup}, {"dropoff", *req.Dropoff}} {
+		if err := f.p.Validate(); err != nil {
+			return req, BadField(f.name, "%v", err)
+		}
+	}
+	return req, nil
 }
 
 func newRideID() RideID {
