@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"context"
 	"math"
 	"runtime"
 	"runtime/debug"
@@ -121,25 +122,27 @@ type alertSnap struct {
 // alertWindow keeps recent snapshots of the counters so the panels show
 // rates over the window rather than since start.
 type alertWindow struct {
-	g  prometheus.Gatherer
-	th AlertThresholds
+	g      prometheus.Gatherer
+	remote func(context.Context) ([]*dto.MetricFamily, error)
+	th     AlertThresholds
 
 	mu    sync.Mutex
 	snaps []alertSnap
 }
 
-func newAlertWindow(g prometheus.Gatherer, th AlertThresholds) *alertWindow {
-	return &alertWindow{g: g, th: th}
+func newAlertWindow(g prometheus.Gatherer, remote func(context.Context) ([]*dto.MetricFamily, error), th AlertThresholds) *alertWindow {
+	return &alertWindow{g: g, remote: remote, th: th}
 }
 
-func (a *alertWindow) snapshot(now time.Time) alertSnap {
+func (a *alertWindow) snapshot(ctx context.Context, now time.Time) alertSnap {
 	s := alertSnap{at: now}
-	if a.g == nil {
-		return s
+	var mfs []*dto.MetricFamily
+	if a.g != nil {
+		mfs, _ = a.g.Gather() // a partial gather still counts
 	}
-	mfs, err := a.g.Gather()
-	if err != nil && len(mfs) == 0 {
-		return s
+	if a.remote != nil {
+		more, _ := a.remote(ctx)
+		mfs = append(mfs, more...)
 	}
 	for _, mf := range mfs {
 		switch mf.GetName() {
@@ -182,8 +185,8 @@ func (a *alertWindow) snapshot(now time.Time) alertSnap {
 
 // read takes a snapshot and compares it with the newest one at least a
 // window old (or the oldest kept).
-func (a *alertWindow) read(now time.Time) Alerts {
-	cur := a.snapshot(now)
+func (a *alertWindow) read(ctx context.Context, now time.Time) Alerts {
+	cur := a.snapshot(ctx, now)
 	a.mu.Lock()
 	var base alertSnap
 	if len(a.snaps) > 0 {
@@ -232,7 +235,7 @@ func (a *alertWindow) read(now time.Time) Alerts {
 		}
 	}
 	lag := Alert{Name: "consumer_lag", Unit: "records", Threshold: th.Lag, State: AlertUnknown,
-		Detail: "no positions worker in this process: read the workers' /metrics"}
+		Detail: "no positions worker answered"}
 	if cur.hasLag {
 		lag.State, lag.Detail = AlertOK, ""
 		for _, l := range cur.lag {

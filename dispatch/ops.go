@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/hexdispatch/hexdispatch/geo"
 	"github.com/hexdispatch/hexdispatch/matcher"
@@ -72,7 +73,10 @@ type OpsConfig struct {
 	// Metrics, when set, feeds the alert panels (/v1/ops/alerts) from this
 	// process's Prometheus registry.
 	Metrics prometheus.Gatherer
-	Alerts  AlertThresholds
+	// RemoteMetrics, when set, adds the metric families of other
+	// processes (an api process reads its workers' lag and dead letters).
+	RemoteMetrics func(context.Context) ([]*dto.MetricFamily, error)
+	Alerts        AlertThresholds
 	// Policy, when set, is served at /v1/ops/policy.
 	Policy  PolicyControl
 	Signer  *Signer
@@ -113,7 +117,7 @@ func OpsHandler(cfg OpsConfig) http.Handler {
 		cfg.Closing = context.Background()
 	}
 	cfg.Alerts = cfg.Alerts.withDefaults()
-	o := &opsServer{cfg: cfg, alerts: newAlertWindow(cfg.Metrics, cfg.Alerts)}
+	o := &opsServer{cfg: cfg, alerts: newAlertWindow(cfg.Metrics, cfg.RemoteMetrics, cfg.Alerts)}
 	ops := func(f http.HandlerFunc) http.Handler { return cfg.Signer.RequireRole(cfg.Now, f, RoleOps) }
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ops", func(w http.ResponseWriter, r *http.Request) {
@@ -124,8 +128,8 @@ func OpsHandler(cfg OpsConfig) http.Handler {
 	mux.Handle("GET /v1/ops/heatmap", ops(o.heatmap))
 	mux.Handle("GET /v1/ops/heatmap/stream", ops(o.stream))
 	mux.Handle("GET /v1/ops/cells/{cell}", ops(o.cellDetail))
-	mux.Handle("GET /v1/ops/alerts", ops(func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, o.alerts.read(cfg.Now()))
+	mux.Handle("GET /v1/ops/alerts", ops(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, o.alerts.read(r.Context(), cfg.Now()))
 	}))
 	mux.Handle("GET /v1/ops/runtime", ops(func(w http.ResponseWriter, _ *http.Request) {
 		var ms runtime.MemStats

@@ -133,6 +133,19 @@ request:
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// The api's alert panels read the workers' lag and dead letters from
+	// their metrics (served on the query RPC listener the registry names).
+	code, alerts := call(t, "GET", base+"/v1/ops/alerts", ops, "")
+	lag, _ := alerts["lag"].([]any)
+	var lagState any
+	for _, a := range alerts["alerts"].([]any) {
+		if a.(map[string]any)["name"] == "consumer_lag" {
+			lagState = a.(map[string]any)["state"]
+		}
+	}
+	if code != http.StatusOK || len(lag) != parts || lagState == "unknown" {
+		t.Fatalf("api alerts without the workers' lag: %d %v", code, alerts)
+	}
 	for _, w := range workers {
 		code, body := get(t, w+"/metrics")
 		if code != http.StatusOK || sumMetric(body, "hexd_positions_drivers") < 1 {

@@ -174,9 +174,9 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	// of the partitions are found in the Redis registry and called over the
 	// query RPC.
 	var owners matcher.Owners = matcher.LocalOwners{Querier: in.worker}
+	var reg *matcher.Registry
 	if in.worker == nil {
-		reg, err := matcher.NewRegistry(a.rdb, matcher.DefaultRegistryConfig())
-		if err != nil {
+		if reg, err = matcher.NewRegistry(a.rdb, matcher.DefaultRegistryConfig()); err != nil {
 			return nil, err
 		}
 		if owners, err = matcher.NewResolver(reg, matcher.DialRPC(nil), matcher.DefaultResolverConfig()); err != nil {
@@ -233,8 +233,12 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 		a.outcomes.OutcomesConsumerOpts(dispatch.DefaultRideEventsTopic)...)...); err != nil {
 		return nil, fmt.Errorf("kafka client for the ops ride-events reader: %w", err)
 	}
-	a.ops = dispatch.OpsHandler(dispatch.OpsConfig{Supply: ownersSupply{owners: owners, parts: int32(cfg.Partitions)},
-		Outcomes: a.outcomes, Metrics: metrics, Signer: a.signer, Policy: a.policy, Closing: a.closing})
+	opsCfg := dispatch.OpsConfig{Supply: ownersSupply{owners: owners, parts: int32(cfg.Partitions)},
+		Outcomes: a.outcomes, Metrics: metrics, Signer: a.signer, Policy: a.policy, Closing: a.closing}
+	if reg != nil { // role api: the workers' lag and dead letters come from their metrics
+		opsCfg.RemoteMetrics = workerMetrics{reg: reg, parts: int32(cfg.Partitions), hc: &http.Client{}}.Gather
+	}
+	a.ops = dispatch.OpsHandler(opsCfg)
 
 	a.dev = dev
 	ok = true

@@ -167,7 +167,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (e *Engine, err erro
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 
 	if cfg.Role == "worker" && cfg.Redis != "" {
-		if e.own, err = newOwnership(cfg, log, e.in.worker); err != nil {
+		if e.own, err = newOwnership(cfg, log, e.in.worker, reg); err != nil {
 			return nil, err
 		}
 	} else if cfg.Role == "worker" {

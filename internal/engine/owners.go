@@ -10,6 +10,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
@@ -31,14 +36,20 @@ type ownership struct {
 	log *slog.Logger
 }
 
-func newOwnership(cfg Config, log *slog.Logger, w *positions.Worker) (*ownership, error) {
+func newOwnership(cfg Config, log *slog.Logger, w *positions.Worker, metrics prometheus.Gatherer) (*ownership, error) {
 	ln, err := net.Listen("tcp", cfg.RPCAddr)
 	if err != nil {
 		return nil, fmt.Errorf("-rpc-addr %s: %w", cfg.RPCAddr, err)
 	}
+	// The query RPC, and the worker's metrics where the api processes
+	// that find it in the registry can read them (the ops console's lag
+	// and dead-letter panels).
+	mux := http.NewServeMux()
+	mux.Handle("/", matcher.NewRPCHandler(w))
+	mux.Handle("GET "+WorkerMetricsPath, promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	o := &ownership{ln: ln, w: w, log: log,
 		rdb: redis.NewClient(matcher.FailFastOptions(cfg.Redis)),
-		srv: &http.Server{Handler: matcher.NewRPCHandler(w), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}}
+		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}}
 	if o.reg, err = matcher.NewRegistry(o.rdb, matcher.DefaultRegistryConfig()); err != nil {
 		o.close()
 		return nil, err
@@ -72,6 +83,66 @@ func (o *ownership) run(ctx context.Context, g *errgroup.Group) {
 func (o *ownership) close() {
 	o.ln.Close()
 	o.rdb.Close()
+}
+
+// WorkerMetricsPath serves a worker's Prometheus metrics on its query RPC
+// listener.
+const WorkerMetricsPath = "/metrics"
+
+// workerMetrics reads the metrics of every worker that owns a partition,
+// as the registry names them, for an api process's alert panels. A worker
+// that does not answer within a second is left out.
+type workerMetrics struct {
+	reg   *matcher.Registry
+	parts int32
+	hc    *http.Client
+}
+
+func (m workerMetrics) Gather(ctx context.Context) ([]*dto.MetricFamily, error) {
+	all := make([]positions.Partition, m.parts)
+	for i := range all {
+		all[i] = positions.Partition(i)
+	}
+	owners, err := m.reg.Resolve(ctx, all)
+	if err != nil {
+		return nil, err
+	}
+	addrs := map[string]bool{}
+	for _, o := range owners {
+		addrs[o.Addr] = true
+	}
+	var mu sync.Mutex
+	var out []*dto.MetricFamily
+	var wg sync.WaitGroup
+	for addr := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(rctx, "GET", "http://"+addr+WorkerMetricsPath, nil)
+			resp, err := m.hc.Do(req)
+			if err != nil {
+				return
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return
+			}
+			p := expfmt.NewTextParser(model.UTF8Validation)
+			fams, err := p.TextToMetricFamilies(resp.Body)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, f := range fams {
+				out = append(out, f)
+			}
+		}()
+	}
+	wg.Wait()
+	return out, nil
 }
 
 // ownersSupply sums cell counts over every partition, asking each owner
