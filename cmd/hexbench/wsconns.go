@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/dispatch"
+	"github.com/hexdispatch/hexdispatch/internal/engineproc"
 )
 
 // ws-conns opens -drivers idle driver WebSockets to real hexdispatch
@@ -509,23 +508,11 @@ func buildEngine(ctx context.Context) (string, func(), error) {
 
 // buildCmd builds cmd/<name> of this module into a temp dir.
 func buildCmd(ctx context.Context, name string) (string, func(), error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	mod := strings.TrimSpace(string(out))
-	if err != nil || mod == "" || mod == os.DevNull {
-		return "", nil, fmt.Errorf("engine: run hexbench inside the hexdispatch module (go env GOMOD: %q, %v)", mod, err)
-	}
-	dir, err := os.MkdirTemp("", "hexbench-"+name+"-")
+	bin, cleanup, err := engineproc.Build(ctx, name)
 	if err != nil {
-		return "", nil, err
+		return "", nil, fmt.Errorf("engine: %w", err)
 	}
-	bin := filepath.Join(dir, name)
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/"+name)
-	cmd.Dir = filepath.Dir(mod)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("engine: building %s: %w\n%s", name, err, b)
-	}
-	return bin, func() { os.RemoveAll(dir) }, nil
+	return bin, cleanup, nil
 }
 
 // engineRevision names the commit of the module hexbench builds the engine
@@ -590,50 +577,11 @@ func (p *engineProc) rss() (float64, bool) {
 // startEngineProc is startEngine keeping the process's id.
 func startEngineProc(ctx context.Context, bin string, extra ...string) (*engineProc, error) {
 	args := append([]string{"-addr", "127.0.0.1:0", "-token-secret", wsSecret, "-partitions", engineTestPartitions, "-log-level", "warn"}, extra...)
-	cmd := exec.Command(bin, args...)
-	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") })
-	stdout, err := cmd.StdoutPipe()
+	p, err := engineproc.Start(ctx, bin, nil, args...)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("engine: %w", err)
 	}
-	cmd.Stderr = io.Discard
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	stop := func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	}
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	go io.Copy(io.Discard, stdout)
-	i := strings.Index(line, "http://")
-	if err != nil || i < 0 {
-		stop()
-		return nil, fmt.Errorf("engine: banner %q: %v", line, err)
-	}
-	p := &engineProc{base: strings.TrimSpace(line[i:]), pid: cmd.Process.Pid, stop: stop}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(p.base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p, nil
-			}
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			stop()
-			return nil, errors.New("engine: not ready in 30 s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return &engineProc{base: p.Base, pid: p.Pid, stop: func() { p.Stop() }}, nil
 }
 
 // engineMemory is the engine's Go heap in use plus goroutine stacks.

@@ -1,20 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/dispatch"
+	"github.com/hexdispatch/hexdispatch/internal/engineproc"
 )
 
 const testSecret = "examples-ride-secret-0123456789"
@@ -22,82 +17,26 @@ const testSecret = "examples-ride-secret-0123456789"
 // startEngine builds cmd/hexdispatch of this module and runs it on a free
 // loopback port with every role in one process, as `make run` does; it
 // returns the base URL once the engine is ready. The engine is stopped
-// with SIGTERM at cleanup.
+// with SIGTERM at cleanup and must exit cleanly.
 func startEngine(t *testing.T) string {
 	t.Helper()
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	mod := strings.TrimSpace(string(out))
-	if err != nil || mod == "" || mod == os.DevNull {
-		t.Fatalf("go env GOMOD: %q, %v", mod, err)
-	}
-	bin := filepath.Join(t.TempDir(), "hexdispatch")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/hexdispatch")
-	build.Dir = filepath.Dir(mod)
-	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the engine: %v\n%s", err, b)
-	}
-	cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-token-secret", testSecret, "-partitions", "4", "-log-level", "warn")
-	stdout, err := cmd.StdoutPipe()
+	ctx := context.Background()
+	bin, cleanup, err := engineproc.Build(ctx, "hexdispatch")
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(cleanup)
 	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	p, err := engineproc.Start(ctx, bin, &stderr, "-addr", "127.0.0.1:0", "-token-secret", testSecret, "-partitions", "4", "-log-level", "warn")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
 	}
-	// The banner names the address; the rest of stdout is drained until
-	// the engine exits.
-	banner := make(chan string, 1)
-	drained := make(chan struct{})
-	go func() {
-		defer close(drained)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if i := strings.Index(sc.Text(), "http://"); i >= 0 {
-				select {
-				case banner <- strings.TrimSpace(sc.Text()[i:]):
-				default:
-				}
-			}
-		}
-		io.Copy(io.Discard, stdout)
-	}()
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { <-drained; done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("engine exited with %v\n%s", err, stderr.String())
-			}
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			t.Errorf("engine did not stop in 20 s after SIGTERM")
+		if err := p.Stop(); err != nil {
+			t.Errorf("engine exited with %v\n%s", err, stderr.String())
 		}
 	})
-	var base string
-	select {
-	case base = <-banner:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("no banner from the engine in 30 s\n%s", stderr.String())
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return base
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("engine not ready in 30 s\n%s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return p.Base
 }
 
 func mint(t *testing.T, sub string, role dispatch.Role) string {
