@@ -47,7 +47,6 @@ bench:
 	./bin/hexbench -peer redis -workloads ws-conns -drivers 19000 >> $(BENCHOUT)
 	./bin/hexbench -peer redis -workloads ws-conns -drivers 50000 >> $(BENCHOUT)
 	./bin/hexbench -peer redis -workloads match-e2e -drivers 50000 -rate 500 -duration $(E2ETIME) >> $(BENCHOUT)
-	./bin/hexbench -peer redis -workloads match-e2e -drivers 50000 -rate 200 -duration $(E2ETIME) >> $(BENCHOUT)
 	./bin/hexbench -peer redis -workloads match-e2e -drivers 50000 -rate 100 -duration $(E2ETIME) >> $(BENCHOUT)
 	@echo "results: $(BENCHOUT)"
 	./bin/hexbench -ratios $(BENCHOUT)
