@@ -50,7 +50,8 @@ func parseHeatmapQuery(q url.Values) (heatmapQuery, error) {
 	return hq, nil
 }
 
-// supply returns the driver counts at res through the filter, as floats.
+// supply returns the driver counts at res through the filter; a source
+// that fails is a 503.
 func (o *opsServer) supply(ctx context.Context, res int, f positions.Filter) (map[geo.Cell]int, []positions.Partition, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.cfg.Timeout)
 	defer cancel()
@@ -117,19 +118,27 @@ func (o *opsServer) values(ctx context.Context, layer string, res int) ([]cellVa
 func Surge(demand map[geo.Cell]float64, supply map[geo.Cell]int) map[geo.Cell]float64 {
 	out := make(map[geo.Cell]float64, len(demand))
 	for c := range demand {
-		disk, err := geo.Disk(c, 1)
-		if err != nil {
-			continue
+		if v, ok := surgeAt(c, demand, supply); ok {
+			out[c] = v
 		}
-		var d, s float64
-		for _, n := range disk {
-			d += demand[n]
-			s += float64(supply[n])
-		}
-		v := 1 + (d/(s+1)-1)/2
-		out[c] = math.Round(min(max(v, 1), 3)*10) / 10
 	}
 	return out
+}
+
+// surgeAt is cell c's surge multiplier (see Surge); false when c is not a
+// cell.
+func surgeAt(c geo.Cell, demand map[geo.Cell]float64, supply map[geo.Cell]int) (float64, bool) {
+	disk, err := geo.Disk(c, 1)
+	if err != nil {
+		return 0, false
+	}
+	var d, s float64
+	for _, n := range disk {
+		d += demand[n]
+		s += float64(supply[n])
+	}
+	v := 1 + (d/(s+1)-1)/2
+	return math.Round(min(max(v, 1), 3)*10) / 10, true
 }
 
 type cellValue struct {
@@ -291,7 +300,10 @@ func (o *opsServer) stream(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
-	if _, _, err := o.values(r.Context(), hq.layer, hq.res); err != nil { // the layer is served here
+	// The first map is computed before the header, so that a layer this
+	// process cannot serve is a plain error answer.
+	values, missed, err := o.values(r.Context(), hq.layer, hq.res)
+	if err != nil {
 		WriteError(w, err)
 		return
 	}
@@ -315,7 +327,6 @@ func (o *opsServer) stream(w http.ResponseWriter, r *http.Request) {
 	tick := time.NewTicker(o.cfg.StreamEvery)
 	defer tick.Stop()
 	for full := true; ; full = false {
-		values, missed, err := o.values(ctx, hq.layer, hq.res)
 		var buf []byte
 		if err != nil {
 			buf = append(buf, "event: error\ndata: "...)
@@ -365,6 +376,7 @@ func (o *opsServer) stream(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-tick.C:
 		}
+		values, missed, err = o.values(ctx, hq.layer, hq.res)
 	}
 }
 
@@ -407,24 +419,16 @@ func (o *opsServer) cellDetail(w http.ResponseWriter, r *http.Request) {
 	}
 	d.Supply, d.Drivers, d.Partial = avail[c], all[c], len(missed)+len(missed2) > 0
 	if oc := o.cfg.Outcomes; oc != nil {
-		zero := 0.0
-		d.Demand, d.Matched, d.Unmatched = &zero, &zero, &zero
-		for layer, dst := range map[string]**float64{LayerDemand: &d.Demand, LayerMatched: &d.Matched, LayerUnmatched: &d.Unmatched, LayerETA: &d.ETA} {
-			m, err := oc.Layer(layer, res)
-			if err != nil {
-				WriteError(w, err)
-				return
-			}
-			if v, ok := m[c]; ok {
-				*dst = &v
-			}
+		s := oc.counts(res, func(p geo.Cell) bool { return p == c })[c]
+		d.Demand, d.Matched, d.Unmatched = &s.demand, &s.matched, &s.unmatched
+		if eta, ok := s.value(LayerETA); ok {
+			d.ETA = &eta
 		}
-		if v, ok := Surge(oc.DecayedDemand(res), avail)[c]; ok {
-			d.Surge = &v
-		} else {
-			one := 1.0
-			d.Surge = &one
+		surge := 1.0 // no recent demand
+		if demand := oc.DecayedDemand(res); demand[c] > 0 {
+			surge, _ = surgeAt(c, demand, avail)
 		}
+		d.Surge = &surge
 	}
 	writeJSON(w, http.StatusOK, d)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -228,6 +229,44 @@ func (o *Outcomes) prune(now int64) {
 // OutcomeLayers are the layers Layer serves.
 var OutcomeLayers = []string{LayerDemand, LayerMatched, LayerUnmatched, LayerETA}
 
+// outcomeCounts are one cell's outcomes over the window.
+type outcomeCounts struct{ demand, matched, unmatched, etaSum float64 }
+
+// value is the layer's value, and whether the cell has one: counts above
+// zero, and the mean ETA of the matched rides.
+func (s outcomeCounts) value(layer string) (float64, bool) {
+	switch layer {
+	case LayerDemand:
+		return s.demand, s.demand > 0
+	case LayerMatched:
+		return s.matched, s.matched > 0
+	case LayerUnmatched:
+		return s.unmatched, s.unmatched > 0
+	case LayerETA:
+		return math.Round(s.etaSum/s.matched*10) / 10, s.matched > 0
+	}
+	return 0, false
+}
+
+// counts sums the window's buckets per cell at res; keep, when set, limits
+// it to the cells it accepts.
+func (o *Outcomes) counts(res int, keep func(geo.Cell) bool) map[geo.Cell]outcomeCounts {
+	out := make(map[geo.Cell]outcomeCounts)
+	o.each(func(c geo.Cell, b outcomeBucket) {
+		p := geo.ParentOf(c, res)
+		if keep != nil && !keep(p) {
+			return
+		}
+		s := out[p]
+		s.demand += float64(b.demand)
+		s.matched += float64(b.matched)
+		s.unmatched += float64(b.lost)
+		s.etaSum += b.etaSum
+		out[p] = s
+	})
+	return out
+}
+
 // Layer returns the layer's value per cell at res (7 to 9) over the
 // window: counts for demand, matched and unmatched, and the mean pickup
 // ETA in seconds for eta. Cells without a value are left out.
@@ -235,40 +274,14 @@ func (o *Outcomes) Layer(layer string, res int) (map[geo.Cell]float64, error) {
 	if res < 0 || res > outcomeRes {
 		return nil, fmt.Errorf("res %d: want 0 to %d", res, outcomeRes)
 	}
-	switch layer {
-	case LayerDemand, LayerMatched, LayerUnmatched, LayerETA:
-	default:
+	if !slices.Contains(OutcomeLayers, layer) {
 		return nil, fmt.Errorf("unknown outcome layer %q", layer)
 	}
-	type acc struct{ n, eta float64 }
-	sums := make(map[geo.Cell]acc)
-	o.each(func(c geo.Cell, b outcomeBucket) {
-		var v acc
-		switch layer {
-		case LayerDemand:
-			v.n = float64(b.demand)
-		case LayerMatched:
-			v.n = float64(b.matched)
-		case LayerUnmatched:
-			v.n = float64(b.lost)
-		case LayerETA:
-			v.n, v.eta = float64(b.matched), b.etaSum
-		}
-		if v.n == 0 {
-			return
-		}
-		p := geo.ParentOf(c, res)
-		s := sums[p]
-		s.n += v.n
-		s.eta += v.eta
-		sums[p] = s
-	})
-	out := make(map[geo.Cell]float64, len(sums))
-	for c, s := range sums {
-		if layer == LayerETA {
-			out[c] = math.Round(s.eta/s.n*10) / 10
-		} else {
-			out[c] = s.n
+	counts := o.counts(res, nil)
+	out := make(map[geo.Cell]float64, len(counts))
+	for c, s := range counts {
+		if v, ok := s.value(layer); ok {
+			out[c] = v
 		}
 	}
 	return out, nil
