@@ -38,6 +38,8 @@ type CellCountsRequest struct {
 
 // CellCountsResponse holds counts summed over the answered partitions.
 type CellCountsResponse struct {
+	// Counts is the caller's to keep and change (every answer is a new
+	// map), so that sums over several answers can add into one of them.
 	Counts map[geo.Cell]int
 	Missed []Partition
 }

@@ -716,23 +716,30 @@ func (w *Worker) CellCounts(ctx context.Context, req CellCountsRequest) (CellCou
 		r := req
 		return ownerQuery{counts: &r}
 	})
-	size := 0
-	for _, r := range replies {
+	// The largest answer (each is a new map) takes the others' counts:
+	// growing or copying maps of thousands of cells costs more than
+	// counting them.
+	base := -1
+	for i, r := range replies {
 		if r.err != nil {
 			return CellCountsResponse{}, r.err
 		}
-		size += len(r.counts)
-	}
-	if len(replies) == 1 {
-		return CellCountsResponse{Counts: replies[0].counts, Missed: missed}, nil
-	}
-	resp := CellCountsResponse{Counts: make(map[geo.Cell]int, size), Missed: missed}
-	for _, r := range replies {
-		for c, n := range r.counts {
-			resp.Counts[c] += n
+		if base < 0 || len(r.counts) > len(replies[base].counts) {
+			base = i
 		}
 	}
-	return resp, nil
+	if base < 0 {
+		return CellCountsResponse{Counts: make(map[geo.Cell]int), Missed: missed}, nil
+	}
+	sum := replies[base].counts
+	for i, r := range replies {
+		if i != base {
+			for c, n := range r.counts {
+				sum[c] += n
+			}
+		}
+	}
+	return CellCountsResponse{Counts: sum, Missed: missed}, nil
 }
 
 // scatter sends one query to the owner of each partition and gathers the

@@ -159,16 +159,7 @@ func (s ownersSupply) CellCounts(ctx context.Context, res int, f positions.Filte
 		all[i] = positions.Partition(i)
 	}
 	groups, missed := s.owners.Lookup(ctx, all)
-	if len(groups) == 1 { // one owner (in-process): its answer is the sum
-		g := groups[0]
-		r, err := g.Querier.CellCounts(ctx, positions.CellCountsRequest{Partitions: g.Partitions, Res: res, Filter: f})
-		if err != nil {
-			s.owners.Stale(g.Owner, g.Partitions)
-			return map[geo.Cell]int{}, append(missed, g.Partitions...), nil
-		}
-		return r.Counts, append(missed, r.Missed...), nil
-	}
-	out := make(map[geo.Cell]int)
+	var out map[geo.Cell]int // the first answer, which the others add into
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, g := range groups {
@@ -184,11 +175,18 @@ func (s ownersSupply) CellCounts(ctx context.Context, res int, f positions.Filte
 				return
 			}
 			missed = append(missed, r.Missed...)
+			if out == nil && r.Counts != nil {
+				out = r.Counts
+				return
+			}
 			for c, n := range r.Counts {
 				out[c] += n
 			}
 		}()
 	}
 	wg.Wait()
+	if out == nil {
+		out = make(map[geo.Cell]int)
+	}
 	return out, missed, nil
 }
