@@ -6,12 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/hexdispatch/hexdispatch/internal/engineproc"
 )
 
 func TestMain(m *testing.M) {
@@ -33,13 +34,9 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	bin := t.TempDir()
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
-	}
 	for _, pkg := range []string{"hexdispatch", "devbroker"} {
-		if out, err := exec.Command(goBin, "build", "-o", filepath.Join(bin, pkg), "../"+pkg).CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+		if _, err := engineproc.BuildTo(context.Background(), bin, pkg); err != nil {
+			t.Fatal(err)
 		}
 	}
 	out := t.TempDir()

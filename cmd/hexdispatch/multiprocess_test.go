@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/internal/engineproc"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
@@ -33,14 +33,9 @@ import (
 func buildBinaries(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
-	}
 	for _, pkg := range []string{"devbroker", "hexdispatch"} {
-		cmd := exec.Command(goBin, "build", "-o", filepath.Join(dir, pkg), "../"+pkg)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+		if _, err := engineproc.BuildTo(context.Background(), dir, pkg); err != nil {
+			t.Fatal(err)
 		}
 	}
 	return dir

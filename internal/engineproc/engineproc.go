@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -22,23 +23,37 @@ import (
 // Build builds cmd/<name> of the module around the working directory into
 // a temp dir, and returns the binary and a cleanup that removes it.
 func Build(ctx context.Context, name string) (bin string, cleanup func(), err error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	mod := strings.TrimSpace(string(out))
-	if err != nil || mod == "" || mod == os.DevNull {
-		return "", nil, fmt.Errorf("run inside the hexdispatch module (go env GOMOD: %q, %v)", mod, err)
-	}
 	dir, err := os.MkdirTemp("", "hexd-"+name+"-")
 	if err != nil {
 		return "", nil, err
 	}
-	bin = filepath.Join(dir, name)
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/"+name)
-	cmd.Dir = filepath.Dir(mod)
-	if b, err := cmd.CombinedOutput(); err != nil {
+	if bin, err = BuildTo(ctx, dir, name); err != nil {
 		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("building %s: %w\n%s", name, err, b)
+		return "", nil, err
 	}
 	return bin, func() { os.RemoveAll(dir) }, nil
+}
+
+// BuildTo builds cmd/<name> of the module around the working directory
+// into dir/<name> and returns that path. It uses the go command of the
+// running toolchain when there is one, else the one on PATH.
+func BuildTo(ctx context.Context, dir, name string) (string, error) {
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goBin); err != nil {
+		goBin = "go"
+	}
+	out, err := exec.CommandContext(ctx, goBin, "env", "GOMOD").Output()
+	mod := strings.TrimSpace(string(out))
+	if err != nil || mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("run inside the hexdispatch module (go env GOMOD: %q, %v)", mod, err)
+	}
+	bin := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "./cmd/"+name)
+	cmd.Dir = filepath.Dir(mod)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building %s: %w\n%s", name, err, b)
+	}
+	return bin, nil
 }
 
 // Proc is a running engine process.
