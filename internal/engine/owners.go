@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -136,9 +138,7 @@ func (m workerMetrics) Gather(ctx context.Context) ([]*dto.MetricFamily, error) 
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			for _, f := range fams {
-				out = append(out, f)
-			}
+			out = slices.AppendSeq(out, maps.Values(fams))
 		}()
 	}
 	wg.Wait()

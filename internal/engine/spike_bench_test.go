@@ -215,16 +215,15 @@ func runSpike(b *testing.B, drivers, baseRate int) {
 			n++
 		}
 	}
-	mark := func() int { return n }
 	before := e.front.drivers.Stats()
 	phase(baseRate, 5*time.Second)
-	spikeFrom := mark()
+	spikeFrom := n
 	spikeStart := time.Now()
 	period.Store(int64(800 * time.Millisecond))
 	phase(spikeRate, time.Second)
 	period.Store(int64(4 * time.Second))
 	spikeEnd := time.Now()
-	spikeTo := mark()
+	spikeTo := n
 	phase(baseRate, 5*time.Second)
 	rwg.Wait()
 	time.Sleep(3 * time.Second) // the last offers arrive
