@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/internal/clock"
 	"github.com/hexdispatch/hexdispatch/matcher"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
@@ -64,7 +65,11 @@ type DispatcherConfig struct {
 	// 503 (ride requests are never queued without bound).
 	MaxActive int
 	Now       func() time.Time
-	Logger    *slog.Logger
+	// Clock runs the offer timeouts, search deadlines and retry pauses;
+	// nil is the wall clock. Set it with Now to the same clock (the city
+	// simulation's deterministic mode runs both on a virtual one).
+	Clock  clock.Clock
+	Logger *slog.Logger
 
 	// StallTimeout is how long an accepted or arrived ride waits for its
 	// driver's next step (arrived, start) before the sweep expires it and
@@ -120,13 +125,131 @@ type answer struct {
 	accept bool
 }
 
-// search is one ride being matched.
+// search is one ride being matched. Its goroutine parks on the search's
+// mailbox between steps: a driver's answer, its timer (an offer's timeout
+// or a retry's pause) or the end of its context wakes it. Because every
+// wake-up is posted under mu before the goroutine can see it, a parked
+// search with nothing posted has nothing to do until something outside
+// posts: that is what Dispatcher.Idle reports.
 type search struct {
-	cancel  context.CancelFunc
-	answers chan answer
+	ctx    context.Context
+	cancel context.CancelFunc
+	wake   chan struct{} // capacity 1: "look at the mailbox"
 
 	mu      sync.Mutex
 	offered map[positions.DriverID]bool // the current round's drivers
+	answers []answer                    // posted, not yet read
+	timer   uint64                      // generation of the armed timer
+	rang    uint64                      // generation of the last timer that fired
+	parked  bool                        // the goroutine waits with nothing to read
+	finding bool                        // the goroutine is in Finder.Match
+	maxAns  int
+}
+
+func newSearch(ctx context.Context, cancel context.CancelFunc, fanOut int) *search {
+	return &search{ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), maxAns: max(1, fanOut)}
+}
+
+// poke tells the goroutine to look at its mailbox.
+func (s *search) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// end cancels the search and wakes it.
+func (s *search) end() {
+	s.cancel()
+	s.poke()
+}
+
+// arm sets the search's timer to ring after d on c, replacing any
+// earlier one (a late ring of the old timer is ignored); the returned
+// stop disarms it.
+func (s *search) arm(c clock.Clock, d time.Duration) (stop func() bool) {
+	s.mu.Lock()
+	s.timer++
+	gen := s.timer
+	s.mu.Unlock()
+	t := c.AfterFunc(d, func() {
+		s.mu.Lock()
+		if s.timer == gen {
+			s.rang = gen
+		}
+		s.mu.Unlock()
+		s.poke()
+	})
+	return t.Stop
+}
+
+// woke is what ended a wait.
+type woke int
+
+const (
+	wokeEnded woke = iota // the search's context ended
+	wokeTimer
+	wokeAnswer
+)
+
+// wait parks until the armed timer rings, an answer is posted or the
+// search's context ends, and returns which (with the answer). An ended
+// context comes first, then answers, then the timer.
+func (s *search) wait() (woke, answer) {
+	for {
+		s.mu.Lock()
+		switch {
+		case s.ctx.Err() != nil:
+			s.parked = false
+			s.mu.Unlock()
+			return wokeEnded, answer{}
+		case len(s.answers) > 0:
+			a := s.answers[0]
+			s.answers = s.answers[1:]
+			s.parked = false
+			s.mu.Unlock()
+			return wokeAnswer, a
+		case s.rang == s.timer && s.timer != 0:
+			s.rang = 0
+			s.parked = false
+			s.mu.Unlock()
+			return wokeTimer, answer{}
+		}
+		s.parked = true
+		s.mu.Unlock()
+		<-s.wake
+	}
+}
+
+// post queues a driver's answer; false when MaxAnswers already wait.
+func (s *search) post(a answer) bool {
+	s.mu.Lock()
+	if len(s.answers) >= s.maxAns {
+		s.mu.Unlock()
+		return false
+	}
+	s.answers = append(s.answers, a)
+	s.mu.Unlock()
+	s.poke()
+	return true
+}
+
+// setFinding marks the goroutine as inside Finder.Match (or out of it).
+func (s *search) setFinding(on bool) {
+	s.mu.Lock()
+	s.finding = on
+	s.mu.Unlock()
+}
+
+// idle reports whether the search has nothing to do: parked with an empty
+// mailbox, or inside a Finder.Match that waits on the clock (finderIdle).
+func (s *search) idle(finderIdle func() bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finding {
+		return finderIdle()
+	}
+	return s.parked && s.ctx.Err() == nil && len(s.answers) == 0 && (s.rang != s.timer || s.timer == 0)
 }
 
 // setOffered records the drivers of the current round (nil: none).
@@ -157,11 +280,12 @@ type DispatcherStats struct {
 //
 // Concurrency: one goroutine per active ride, bounded by MaxActive and
 // waited for by Wait; searchesMu guards the map that routes driver answers
-// to them. The searches live in this process: in a deployment of several
+// to them (a search stays in it until its goroutine is done). The searches live in this process: in a deployment of several
 // api processes, a driver's answer must reach the process that made the
 // offer (the driver's WebSocket is pinned to it today).
 type Dispatcher struct {
 	cfg DispatcherConfig
+	clk clock.Clock
 
 	base   context.Context
 	cancel context.CancelFunc
@@ -191,7 +315,7 @@ func NewDispatcher(cfg DispatcherConfig) (*Dispatcher, error) {
 		cfg.MaxTrip = DefaultMaxTrip
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Dispatcher{cfg: cfg, base: ctx, cancel: cancel, searches: make(map[RideID]*search)}, nil
+	return &Dispatcher{cfg: cfg, clk: clock.Or(cfg.Clock), base: ctx, cancel: cancel, searches: make(map[RideID]*search)}, nil
 }
 
 // ErrBusy is returned by Start when MaxActive rides are being matched.
@@ -221,8 +345,8 @@ func (d *Dispatcher) Close() {
 
 // Start begins the search for ride r (state requested).
 func (d *Dispatcher) Start(r Ride) error {
-	ctx, cancel := context.WithTimeout(d.base, d.cfg.SearchDeadline)
-	s := &search{cancel: cancel, answers: make(chan answer, max(1, d.cfg.FanOut))}
+	ctx, cancel := clock.WithTimeout(d.base, d.clk, d.cfg.SearchDeadline)
+	s := newSearch(ctx, cancel, d.cfg.FanOut)
 	d.searchesMu.Lock()
 	_, dup := d.searches[r.ID]
 	switch {
@@ -254,18 +378,39 @@ func (d *Dispatcher) Start(r Ride) error {
 		return err
 	}
 	d.searched.Add(1)
+	stopWake := context.AfterFunc(ctx, s.poke) // wakes a parked search at shutdown or deadline
 	go func() {
 		defer d.wg.Done()
 		defer cancel()
+		defer stopWake()
 		last := d.run(ctx, r, s)
-		d.searchesMu.Lock()
-		delete(d.searches, r.ID)
-		d.searchesMu.Unlock()
 		if d.base.Err() == nil { // at shutdown the sweep of a survivor ends it
 			d.settle(last)
 		}
+		d.searchesMu.Lock()
+		delete(d.searches, r.ID)
+		d.searchesMu.Unlock()
 	}()
 	return nil
+}
+
+// Idle reports whether no search has anything to do: each waits for a
+// driver's answer, its timer, or (inside a Finder that reports Idle, as
+// the batched policy does) its batch window. With the dispatcher on a
+// virtual clock, nothing changes until the clock moves or someone calls
+// Start, Answer or Stop; the city simulation's deterministic mode waits
+// for this between its steps.
+func (d *Dispatcher) Idle() bool {
+	fi, ok := d.cfg.Finder.(interface{ Idle() bool })
+	finderIdle := func() bool { return ok && fi.Idle() }
+	d.searchesMu.Lock()
+	defer d.searchesMu.Unlock()
+	for _, s := range d.searches {
+		if !s.idle(finderIdle) {
+			return false
+		}
+	}
+	return true
 }
 
 // Answer delivers a driver's accept or decline to the search of ride id.
@@ -277,12 +422,7 @@ func (d *Dispatcher) Answer(id RideID, driver positions.DriverID, accept bool) b
 	if !ok || !s.isOffered(driver) {
 		return false
 	}
-	select {
-	case s.answers <- answer{driver: driver, accept: accept}:
-		return true
-	default:
-		return false // an answer is already pending
-	}
+	return s.post(answer{driver: driver, accept: accept}) // false: answers already pending
 }
 
 // Offered reports whether driver holds a current offer of ride id in this
@@ -306,7 +446,7 @@ func (d *Dispatcher) Stop(id RideID) {
 	s, ok := d.searches[id]
 	d.searchesMu.Unlock()
 	if ok {
-		s.cancel()
+		s.end()
 	}
 }
 
@@ -452,8 +592,23 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 	}
 	started := time.Now()
 	var tried []positions.DriverID
+	// pause waits RetryEvery; false when the search ended meanwhile.
+	pause := func() bool {
+		stop := s.arm(d.clk, d.cfg.RetryEvery)
+		defer stop()
+		for {
+			switch w, _ := s.wait(); w {
+			case wokeEnded:
+				return false
+			case wokeTimer:
+				return true
+			} // an answer to no offer: ignore
+		}
+	}
 	for offers := 0; offers < d.cfg.MaxOffers; {
+		s.setFinding(true)
 		m, err := d.cfg.Finder.Match(ctx, matcher.MatchRequest{Ride: matcher.RideID(r.ID), Pickup: r.Pickup, Exclude: tried})
+		s.setFinding(false)
 		o := Offer{Driver: m.Driver.ID, Token: m.Token, ETA: m.ETA, DistanceM: m.Driver.DistanceM}
 		switch {
 		case ctx.Err() != nil:
@@ -464,27 +619,21 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 			}
 			d.end(&r, log)
 			return r
-		case errors.Is(err, matcher.ErrNoDriver):
-			select {
-			case <-ctx.Done():
-				d.end(&r, log)
-				return r
-			case <-time.After(d.cfg.RetryEvery):
-				continue
-			}
 		case err != nil:
-			d.errs.Add(1)
-			log.Warn("search: find failed", "err", err)
-			select {
-			case <-ctx.Done():
+			if !errors.Is(err, matcher.ErrNoDriver) {
+				d.errs.Add(1)
+				log.Warn("search: find failed", "err", err)
+			}
+			if !pause() {
 				d.end(&r, log)
 				return r
-			case <-time.After(d.cfg.RetryEvery):
-				continue
 			}
+			continue
 		}
 		offers++
+		s.setFinding(true)
 		round := d.fanOut(ctx, r, o, tried)
+		s.setFinding(false)
 		for _, x := range round {
 			tried = append(tried, x.Driver)
 		}
@@ -577,8 +726,8 @@ func (d *Dispatcher) await(ctx context.Context, r *Ride, s *search, primary posi
 	}
 	s.setOffered(round)
 	defer s.setOffered(nil)
-	timer := time.NewTimer(d.cfg.OfferTimeout)
-	defer timer.Stop()
+	stopTimer := s.arm(d.clk, d.cfg.OfferTimeout)
+	defer stopTimer()
 	// step records the round's outcome on the ride, even when the search
 	// was cancelled.
 	step := func(kind EventKind) {
@@ -595,8 +744,9 @@ func (d *Dispatcher) await(ctx context.Context, r *Ride, s *search, primary posi
 		clear(pending)
 	}
 	for {
-		select {
-		case <-ctx.Done():
+		w, a := s.wait()
+		switch w {
+		case wokeEnded:
 			// Back to searching first, so the deadline can end the ride as
 			// no_driver; after a rider's cancel the write is refused.
 			dropAll("offer_cancelled")
@@ -605,12 +755,12 @@ func (d *Dispatcher) await(ctx context.Context, r *Ride, s *search, primary posi
 			}
 			d.end(r, log)
 			return false, true
-		case <-timer.C:
+		case wokeTimer:
 			d.timedOut.Add(uint64(len(pending)))
 			dropAll("offer_expired")
 			step(EvOfferTimeout)
 			return false, false
-		case a := <-s.answers:
+		case wokeAnswer:
 			o, ok := pending[a.driver]
 			if !ok {
 				continue // not a driver of this round: ignore
