@@ -172,6 +172,26 @@ type Drivers struct {
 	lastSweep time.Time
 
 	positions, rejected, shed, connections, dropped, throttled atomic.Uint64
+
+	// WebSocket traffic (Traffic): frames read and handled, messages
+	// written, messages queued and not yet written or discarded.
+	framesIn, framesOut atomic.Uint64
+	queued              atomic.Int64
+}
+
+// Traffic counts the gateway's WebSocket frames, for a caller that waits
+// for the gateway to settle (the city simulation's deterministic mode):
+// every frame a driver sent has been handled when FramesIn equals the
+// frames sent, and every message reached its socket when Queued is 0.
+type Traffic struct {
+	FramesIn  uint64 // frames read from drivers and handled (position published, action done, or error replied)
+	FramesOut uint64 // messages (offers, acks, errors) written to drivers' sockets; pings not counted
+	Queued    int64  // messages waiting to be written
+}
+
+// Traffic returns the WebSocket frame counts.
+func (d *Drivers) Traffic() Traffic {
+	return Traffic{FramesIn: d.framesIn.Load(), FramesOut: d.framesOut.Load(), Queued: d.queued.Load()}
 }
 
 type lastPos struct {
@@ -546,6 +566,7 @@ func (d *Drivers) serve(id positions.DriverID, dc *driverConn) {
 	defer d.handlers.Done()
 	d.reader(id, dc)
 	dc.mu.Lock()
+	d.queued.Add(-int64(len(dc.queue)))
 	dc.closed, dc.queue = true, nil
 	dc.mu.Unlock()
 	dc.writers.Wait()
@@ -568,30 +589,36 @@ func (d *Drivers) reader(id positions.DriverID, dc *driverConn) {
 		if err != nil {
 			return
 		}
-		var f wsFrame
-		if err := json.Unmarshal(b, &f); err != nil {
-			d.rejected.Add(1)
-			d.reply(dc, jsonError(err, d.cfg.ReadLimit))
-			continue
+		d.handle(id, dc, b)
+		d.framesIn.Add(1)
+	}
+}
+
+// handle acts on one frame from the driver.
+func (d *Drivers) handle(id positions.DriverID, dc *driverConn, b []byte) {
+	var f wsFrame
+	if err := json.Unmarshal(b, &f); err != nil {
+		d.rejected.Add(1)
+		d.reply(dc, jsonError(err, d.cfg.ReadLimit))
+		return
+	}
+	kind, isAction := wsActions[f.Type]
+	switch {
+	case f.Type == "position":
+		if err := d.accept(id, f.PositionFrame); err != nil {
+			d.reply(dc, err)
 		}
-		kind, isAction := wsActions[f.Type]
-		switch {
-		case f.Type == "position":
-			if err := d.accept(id, f.PositionFrame); err != nil {
-				d.reply(dc, err)
-			}
-		case isAction && d.cfg.Actions != nil:
-			ride, err := d.cfg.Actions(d.base, id, f.Ride, kind)
-			if err != nil {
-				d.reply(dc, err)
-				continue
-			}
-			b, _ := json.Marshal(map[string]any{"type": "ack", "action": f.Type, "ride": ride.ID, "state": ride.State})
-			d.enqueue(dc, b)
-		default:
-			d.rejected.Add(1)
-			d.reply(dc, BadField("type", "unknown frame type %q", f.Type))
+	case isAction && d.cfg.Actions != nil:
+		ride, err := d.cfg.Actions(d.base, id, f.Ride, kind)
+		if err != nil {
+			d.reply(dc, err)
+			return
 		}
+		b, _ := json.Marshal(map[string]any{"type": "ack", "action": f.Type, "ride": ride.ID, "state": ride.State})
+		d.enqueue(dc, b)
+	default:
+		d.rejected.Add(1)
+		d.reply(dc, BadField("type", "unknown frame type %q", f.Type))
 	}
 }
 
@@ -629,6 +656,7 @@ func (d *Drivers) enqueue(dc *driverConn, b []byte) bool {
 		return false
 	default:
 		dc.queue = append(dc.queue, b)
+		d.queued.Add(1)
 	}
 	if !dc.writing {
 		dc.writing = true
@@ -653,32 +681,37 @@ func (d *Drivers) writer(dc *driverConn) {
 			return
 		}
 		dc.mu.Unlock()
-		err := d.write(dc.ws, batch, ping)
+		n, err := d.write(dc.ws, batch, ping)
+		d.framesOut.Add(uint64(n))
 		if err != nil {
 			dc.ws.CloseNow()
 			dc.mu.Lock()
+			d.queued.Add(-int64(len(batch) + len(dc.queue)))
 			dc.closed, dc.queue, dc.writing = true, nil, false
 			dc.mu.Unlock()
 			return
 		}
+		d.queued.Add(-int64(len(batch)))
 	}
 }
 
-func (d *Drivers) write(conn *websocket.Conn, batch [][]byte, ping bool) error {
-	for _, b := range batch {
+// write writes batch, then a ping if asked; it returns how many of
+// batch's messages it wrote.
+func (d *Drivers) write(conn *websocket.Conn, batch [][]byte, ping bool) (int, error) {
+	for i, b := range batch {
 		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.WriteTimeout)
 		err := conn.Write(ctx, websocket.MessageText, b)
 		cancel()
 		if err != nil {
-			return err
+			return i, err
 		}
 	}
 	if !ping {
-		return nil
+		return len(batch), nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.PingEvery)
 	defer cancel()
-	return conn.Ping(ctx)
+	return len(batch), conn.Ping(ctx)
 }
 
 // pinger schedules every connection's keepalive ping PingEvery after the

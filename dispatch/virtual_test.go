@@ -83,4 +83,8 @@ func TestDispatcherOnVirtualClock(t *testing.T) {
 	if st := e.disp.Stats(); st.TimedOut != 1 || st.NoDriver != 1 {
 		t.Fatalf("stats %+v: want 1 timed out, 1 no_driver", st)
 	}
+	// The gateway's traffic: one position in; the offer and its expiry out.
+	if tr := e.drivers.Traffic(); tr.FramesIn != 1 || tr.FramesOut != 2 || tr.Queued != 0 {
+		t.Fatalf("traffic %+v: want 1 frame in, 2 out, none queued", tr)
+	}
 }
