@@ -68,7 +68,11 @@ type DispatcherConfig struct {
 	// Clock runs the offer timeouts, search deadlines and retry pauses;
 	// nil is the wall clock. Set it with Now to the same clock (the city
 	// simulation's deterministic mode runs both on a virtual one).
-	Clock  clock.Clock
+	Clock clock.Clock
+	// Parked, when set, reports how many Finder.Match calls wait on the
+	// clock (Batcher.Parked: requests in open batch windows); Idle counts
+	// a search inside Match as idle only while the numbers agree.
+	Parked func() int
 	Logger *slog.Logger
 
 	// StallTimeout is how long an accepted or arrived ride waits for its
@@ -241,15 +245,15 @@ func (s *search) setFinding(on bool) {
 	s.mu.Unlock()
 }
 
-// idle reports whether the search has nothing to do: parked with an empty
-// mailbox, or inside a Finder.Match that waits on the clock (finderIdle).
-func (s *search) idle(finderIdle func() bool) bool {
+// idle reports whether the search has nothing to do, parked with an empty
+// mailbox, and whether it is inside Finder.Match.
+func (s *search) idle() (idle, finding bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.finding {
-		return finderIdle()
+		return false, true
 	}
-	return s.parked && s.ctx.Err() == nil && len(s.answers) == 0 && (s.rang != s.timer || s.timer == 0)
+	return s.parked && s.ctx.Err() == nil && len(s.answers) == 0 && (s.rang != s.timer || s.timer == 0), false
 }
 
 // setOffered records the drivers of the current round (nil: none).
@@ -395,22 +399,27 @@ func (d *Dispatcher) Start(r Ride) error {
 }
 
 // Idle reports whether no search has anything to do: each waits for a
-// driver's answer, its timer, or (inside a Finder that reports Idle, as
-// the batched policy does) its batch window. With the dispatcher on a
+// driver's answer, its timer, or (see DispatcherConfig.Parked) its batch
+// window. With the dispatcher on a
 // virtual clock, nothing changes until the clock moves or someone calls
 // Start, Answer or Stop; the city simulation's deterministic mode waits
 // for this between its steps.
 func (d *Dispatcher) Idle() bool {
-	fi, ok := d.cfg.Finder.(interface{ Idle() bool })
-	finderIdle := func() bool { return ok && fi.Idle() }
+	finding := 0
 	d.searchesMu.Lock()
-	defer d.searchesMu.Unlock()
 	for _, s := range d.searches {
-		if !s.idle(finderIdle) {
+		idle, inMatch := s.idle()
+		if inMatch {
+			finding++
+		} else if !idle {
+			d.searchesMu.Unlock()
 			return false
 		}
 	}
-	return true
+	d.searchesMu.Unlock()
+	// A search that has not joined its window yet, or whose window was
+	// planned but who has not taken the answer, makes the counts differ.
+	return finding == 0 || (d.cfg.Parked != nil && d.cfg.Parked() == finding)
 }
 
 // Answer delivers a driver's accept or decline to the search of ride id.

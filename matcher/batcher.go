@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/internal/clock"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
@@ -24,6 +25,8 @@ type BatcherConfig struct {
 	OfferTTL time.Duration
 	// Candidates is how many nearest drivers are gathered per rider.
 	Candidates int
+	// Clock times the windows; nil is the wall clock.
+	Clock clock.Clock
 }
 
 // DefaultBatcherConfig returns a 2 s window over the default shards.
@@ -77,9 +80,11 @@ type Batcher struct {
 	leases *Leases
 	cfg    BatcherConfig
 
+	clk       clock.Clock
 	windowsMu sync.Mutex
 	windows   map[geo.Cell]*window
 	closed    bool
+	parked    int // requests in open windows, their callers waiting (see Parked)
 	wg        sync.WaitGroup
 
 	plannerMu sync.Mutex
@@ -100,6 +105,9 @@ type pending struct {
 	req   MatchRequest
 	at    time.Time
 	reply chan batchReply // buffered: the flush never blocks on a gone caller
+	// parked: counted in Batcher.parked (under windowsMu) until its
+	// window closes or its caller leaves.
+	parked bool
 }
 
 type batchReply struct {
@@ -117,7 +125,7 @@ func NewBatcher(g *Gatherer, l *Leases, eta geo.ETAFunc, cfg BatcherConfig) (*Ba
 	if err != nil {
 		return nil, err
 	}
-	return &Batcher{gather: g, leases: l, cfg: cfg, windows: make(map[geo.Cell]*window), planner: p}, nil
+	return &Batcher{gather: g, leases: l, cfg: cfg, clk: clock.Or(cfg.Clock), windows: make(map[geo.Cell]*window), planner: p}, nil
 }
 
 // ErrClosed is returned by Match after Close.
@@ -136,7 +144,7 @@ func (b *Batcher) Match(ctx context.Context, req MatchRequest) (Match, error) {
 	if err != nil {
 		return Match{}, fmt.Errorf("%w: pickup: %w", ErrInvalidQuery, err)
 	}
-	p := &pending{ctx: ctx, req: req, at: time.Now(), reply: make(chan batchReply, 1)}
+	p := &pending{ctx: ctx, req: req, at: b.clk.Now(), reply: make(chan batchReply, 1), parked: true}
 	b.windowsMu.Lock()
 	if b.closed {
 		b.windowsMu.Unlock()
@@ -150,8 +158,10 @@ func (b *Batcher) Match(ctx context.Context, req MatchRequest) (Match, error) {
 		go b.run(region, w)
 	}
 	w.reqs = append(w.reqs, p)
+	b.parked++
 	if len(w.reqs) == b.cfg.Batch.MaxRiders {
 		delete(b.windows, region) // the next request opens a new window
+		b.unparkLocked(w)
 		close(w.full)
 	}
 	b.windowsMu.Unlock()
@@ -159,8 +169,34 @@ func (b *Batcher) Match(ctx context.Context, req MatchRequest) (Match, error) {
 	case r := <-p.reply:
 		return r.m, r.err
 	case <-ctx.Done():
+		b.windowsMu.Lock()
+		if p.parked {
+			p.parked = false
+			b.parked--
+		}
+		b.windowsMu.Unlock()
 		return Match{}, ctx.Err()
 	}
+}
+
+// unparkLocked takes w's requests out of the parked count: w is closing.
+func (b *Batcher) unparkLocked(w *window) {
+	for _, p := range w.reqs {
+		if p.parked {
+			p.parked = false
+			b.parked--
+		}
+	}
+}
+
+// Parked returns how many Match calls wait in open windows, their windows
+// neither full nor timed out. On a virtual clock they wait for the clock
+// to move: the dispatcher counts a search inside Match as idle when the
+// number of such searches equals Parked.
+func (b *Batcher) Parked() int {
+	b.windowsMu.Lock()
+	defer b.windowsMu.Unlock()
+	return b.parked
 }
 
 // Close answers every waiting request ErrClosed (reserving a driver for a
@@ -171,6 +207,7 @@ func (b *Batcher) Close() {
 	b.closed = true
 	for region, w := range b.windows {
 		delete(b.windows, region)
+		b.unparkLocked(w)
 		w.abort = true
 		close(w.full)
 	}
@@ -201,14 +238,21 @@ func (b *Batcher) Stats() BatcherStats {
 // run waits for the window to end or fill, then plans and reserves it.
 func (b *Batcher) run(region geo.Cell, w *window) {
 	defer b.wg.Done()
-	t := time.NewTimer(b.cfg.Batch.Window)
-	select {
-	case <-t.C:
+	// The window leaves the map and its requests the parked count inside
+	// the timer's function: on a virtual clock that runs within the
+	// clock's move, so nobody sees the window ended but still parked.
+	rang := make(chan struct{})
+	t := b.clk.AfterFunc(b.cfg.Batch.Window, func() {
 		b.windowsMu.Lock()
 		if b.windows[region] == w {
 			delete(b.windows, region)
+			b.unparkLocked(w)
 		}
 		b.windowsMu.Unlock()
+		close(rang)
+	})
+	select {
+	case <-rang:
 	case <-w.full:
 		t.Stop()
 	}
