@@ -20,6 +20,7 @@ import (
 
 	"github.com/hexdispatch/hexdispatch/dispatch"
 	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/internal/clock"
 	"github.com/hexdispatch/hexdispatch/matcher"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
@@ -99,8 +100,16 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 		}
 	}()
 	quietLog := log.With("component", "api")
+	clk := clock.Or(cfg.Clock)
 	if cfg.Redis == "" {
 		m := miniredis.NewMiniRedis()
+		// TTLs (leases, trip locks, idempotency keys) expire as on a real
+		// Redis; on a virtual clock, on its time.
+		m.ClockTTL(true)
+		if v, ok := cfg.virtual(); ok {
+			m.SetTime(v.Now())
+			v.OnMove(m.SetTime)
+		}
 		if err := m.StartAddr("127.0.0.1:0"); err != nil {
 			return nil, fmt.Errorf("in-process redis: %w", err)
 		}
@@ -159,7 +168,10 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	}
 	a.load = dispatch.NewLoadMonitor(ldc)
 	dc := dispatch.DefaultDriversConfig()
-	dc.Sink, dc.Signer, dc.Logger, dc.Pressure = in.publisher, a.signer, quietLog, a.load.Pressure
+	dc.Sink, dc.Signer, dc.Logger, dc.Pressure, dc.Now = in.publisher, a.signer, quietLog, a.load.Pressure, clk.Now
+	if _, ok := cfg.virtual(); ok {
+		dc.Pressure = nil // shedding follows the machine's load, which no seed decides
+	}
 	// Set before the server serves; the closure breaks the construction
 	// cycle drivers -> dispatcher -> rides -> drivers.
 	dc.Actions = func(ctx context.Context, d positions.DriverID, r dispatch.RideID, k dispatch.EventKind) (dispatch.Ride, error) {
@@ -186,6 +198,9 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: int32(cfg.Partitions)}
 	gc := matcher.DefaultGatherConfig()
 	gc.Partitioner = pt
+	if _, ok := cfg.virtual(); ok {
+		gc.Deadline = 5 * time.Second // a busy machine must not cut a gather short: no seed decides that
+	}
 	g, err := matcher.NewGatherer(owners, gc)
 	if err != nil {
 		return nil, err
@@ -194,6 +209,7 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	xc.Store, xc.Leases, xc.Notifier, xc.Relay, xc.Logger = store, leases, a.drivers, a.relay, quietLog
 	xc.OfferTimeout, xc.SearchDeadline, xc.RetryEvery = cfg.OfferTimeout, cfg.SearchDeadline, cfg.RetryEvery
 	xc.StallTimeout, xc.MaxTrip, xc.FanOut = cfg.StallTimeout, cfg.MaxTrip, cfg.FanOut
+	xc.Clock, xc.Now = clk, clk.Now
 	gr := matcher.DefaultGreedyConfig()
 	gr.OfferTTL = cfg.OfferTimeout + 2*time.Second // the lease outlives the offer a little
 	greedy, err := matcher.NewGreedy(g, leases, gr)
@@ -201,12 +217,13 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 		return nil, err
 	}
 	bc := matcher.DefaultBatcherConfig()
-	bc.Partitioner, bc.OfferTTL, bc.Batch.Window = pt, gr.OfferTTL, cfg.BatchWindow
+	bc.Partitioner, bc.OfferTTL, bc.Batch.Window, bc.Clock = pt, gr.OfferTTL, cfg.BatchWindow, clk
 	batcher, err := matcher.NewBatcher(g, leases, nil, bc)
 	if err != nil {
 		return nil, err
 	}
 	a.batcher = batcher
+	xc.Parked = batcher.Parked
 	if a.policy, err = matcher.NewSwitch(greedy, batcher, pt, matcher.Policy(cfg.Policy)); err != nil {
 		return nil, err
 	}
@@ -214,13 +231,13 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	if a.disp, err = dispatch.NewDispatcher(xc); err != nil {
 		return nil, err
 	}
-	limiter, err := dispatch.NewRateLimiter(cfg.RiderRate, cfg.RiderBurst, 100_000, time.Now) // per subject, all ride endpoints
+	limiter, err := dispatch.NewRateLimiter(cfg.RiderRate, cfg.RiderBurst, 100_000, clk.Now) // per subject, all ride endpoints
 	if err != nil {
 		return nil, err
 	}
 	a.closing, a.stop = context.WithCancel(context.Background())
 	if a.rides, err = dispatch.NewRides(dispatch.RidesConfig{Store: store, Dispatcher: a.disp, Leases: leases,
-		Signer: a.signer, Relay: a.relay, Limiter: limiter, Now: time.Now, Logger: quietLog,
+		Signer: a.signer, Relay: a.relay, Limiter: limiter, Now: clk.Now, Logger: quietLog,
 		Locator: a.drivers, OriginPatterns: dc.OriginPatterns, Closing: a.closing}); err != nil {
 		return nil, err
 	}

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hexdispatch/hexdispatch/dispatch"
+	"github.com/hexdispatch/hexdispatch/internal/clock"
 )
 
 // Roles are the process roles: all (every part in one process), api (the
@@ -54,6 +55,19 @@ type Config struct {
 	// subject (requests per second, burst).
 	RiderRate  float64
 	RiderBurst int
+	// Clock runs the timers that decide rides (offer timeouts, search
+	// deadlines and retries, batch windows, driver TTL, rate limits);
+	// nil is the wall clock. A *clock.Virtual makes the engine
+	// deterministic for the city simulation: it needs role all with the
+	// embedded Kafka and Redis, whose TTLs then follow the clock, and
+	// turns off the GPS throttle (which reacts to the machine's load).
+	Clock clock.Clock
+}
+
+// virtual reports whether the engine runs on a virtual clock.
+func (c Config) virtual() (*clock.Virtual, bool) {
+	v, ok := c.Clock.(*clock.Virtual)
+	return v, ok
 }
 
 // DefaultConfig returns the defaults of `hexdispatch` with no flags.
@@ -122,6 +136,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("fan-out %d: want 1 to 16", c.FanOut)
 	case c.RiderRate < 0 || c.RiderBurst < 0:
 		return errors.New("rider rate and burst must not be negative")
+	}
+	if _, ok := c.virtual(); ok && (c.Role != "all" || c.Redis != "" || len(c.Kafka) > 0) {
+		return errors.New("a virtual clock needs role all with the embedded Kafka and Redis")
 	}
 	return nil
 }

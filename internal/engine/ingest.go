@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/internal/clock"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
@@ -53,7 +54,7 @@ func newIngest(ctx context.Context, cfg Config, log *slog.Logger) (*ingest, erro
 	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: int32(cfg.Partitions)}
 	if cfg.Role == "all" || cfg.Role == "api" {
 		pc := positions.DefaultPublisherConfig()
-		pc.Brokers, pc.Partitioner, pc.Logger = in.brokers, pt, log
+		pc.Brokers, pc.Partitioner, pc.Logger, pc.Now = in.brokers, pt, log, clock.Or(cfg.Clock).Now
 		p, err := positions.NewPublisher(pc)
 		if err != nil {
 			in.close()
@@ -64,7 +65,7 @@ func newIngest(ctx context.Context, cfg Config, log *slog.Logger) (*ingest, erro
 	if cfg.Role == "all" || cfg.Role == "worker" {
 		wc := positions.DefaultWorkerConfig()
 		wc.Brokers, wc.Logger = in.brokers, log
-		wc.Index.TTL = cfg.TTL
+		wc.Index.TTL, wc.Index.Now = cfg.TTL, clock.Or(cfg.Clock).Now
 		wc.SessionTimeout = cfg.SessionTimeout
 		wc.HeartbeatInterval = cfg.SessionTimeout / 10
 		w, err := positions.NewWorker(wc)
