@@ -34,7 +34,11 @@ import (
 // The clock starts just before the POST is written and stops when the
 // offer frame is read from the offered driver's WebSocket, so the figure
 // includes HTTP, the ride store's writes, the gather, the lease, the
-// WebSocket write and both loopback hops.
+// WebSocket write and both loopback hops. The note splits it where the
+// engine sent the offer (its expires_at less the offer timeout hexbench
+// sets; both processes share the clock): request to the engine's send,
+// and send to hexbench's read, so a tail can be put on the engine or on
+// the delivery (or hexbench itself).
 //
 // Drivers: -drivers of the benchmark city (sim.NewFleet over San
 // Francisco) are online. An offer can only reach a driver that holds a
@@ -110,10 +114,17 @@ const (
 	e2eFileReserve = 3000
 )
 
-// e2eRide is one ride request's timeline.
+// e2eRide is one ride request's timeline: sent and offered on hexbench's
+// clock, pushed when the engine handed the offer to the driver's
+// connection (its expires_at less the offer timeout hexbench set), and
+// answered when the POST's 201 was read.
 type e2eRide struct {
-	sent, offered time.Time
+	sent, answered, pushed, offered time.Time
 }
+
+// e2eOfferTimeout is the engine's -offer-timeout in match-e2e: an offer
+// frame's expires_at less this is when the engine sent it.
+const e2eOfferTimeout = 10 * time.Second
 
 // e2eRun is the state of one match-e2e run.
 //
@@ -127,6 +138,7 @@ type e2eRun struct {
 	ws     []int // fleet indexes of the drivers that hold a WebSocket
 	http   []int // fleet indexes of the HTTP-only drivers
 	seqs   []atomic.Uint64
+	tokens []string          // by fleet index: the driver's bearer token, minted once as a driver app keeps its session
 	busy   []atomic.Bool     // by fleet index: the driver accepted a ride and is on its trip
 	conns  []*websocket.Conn // by position in ws
 
@@ -169,6 +181,16 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	r := &e2eRun{fleet: f, seqs: make([]atomic.Uint64, n), busy: make([]atomic.Bool, n), rides: make(map[dispatch.RideID]*e2eRide),
 		steps: make(chan e2eStep, 1<<16), dialer: newSpreadDialer(w + 2*e2eMaxInFlight)}
 	r.signer, _ = dispatch.NewSigner([]byte(wsSecret))
+	// One token per driver for the whole run: minting one per request
+	// made the load generator spend, on the two cores it shares with the
+	// engine, an HMAC and a JSON encoding per position post.
+	r.tokens = make([]string, n)
+	for i, id := range f.IDs {
+		var err error
+		if r.tokens[i], err = r.signer.Mint(dispatch.Claims{Subject: string(id), Role: dispatch.RoleDriver, Expires: time.Now().Add(24 * time.Hour)}); err != nil {
+			return nil, err
+		}
+	}
 	onWS := make([]bool, n)
 	for _, i := range avail[:w] {
 		onWS[i] = true
@@ -189,7 +211,7 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	}
 	defer cleanup()
 	rev := engineRevision(ctx) // the tree may move on while the run goes
-	args := []string{"-partitions", "16", "-ttl", (3 * env.Refresh).String()}
+	args := []string{"-partitions", "16", "-ttl", (3 * env.Refresh).String(), "-offer-timeout", e2eOfferTimeout.String()}
 	system := "hexdispatch"
 	if peer != nil {
 		// A clean keyspace and command counts for this run only.
@@ -267,11 +289,21 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 		return nil, err
 	}
 
-	var t Timer
+	// t is request to offer; engine and delivery split it where the
+	// engine sent the offer (a clock shared by both processes), and post
+	// is the POST's round trip.
+	var t, engine, delivery, post Timer
 	r.ridesMu.Lock()
 	for _, ride := range r.rides {
 		if !ride.offered.IsZero() {
 			t.samples = append(t.samples, ride.offered.Sub(ride.sent))
+			if !ride.pushed.IsZero() {
+				engine.samples = append(engine.samples, ride.pushed.Sub(ride.sent))
+				delivery.samples = append(delivery.samples, ride.offered.Sub(ride.pushed))
+			}
+		}
+		if !ride.answered.IsZero() {
+			post.samples = append(post.samples, ride.answered.Sub(ride.sent))
 		}
 	}
 	noOffer := r.created.Load() - int64(len(t.samples))
@@ -298,9 +330,12 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 		Errors: errs,
 		Note: fmt.Sprintf("request-to-offer at the driver's WebSocket (p50/p99 of the offered rides only: see errors); %d drivers on WebSockets, %d over HTTP (en_route/on_trip); "+
 			"positions %.0f/s (every driver every %v); %d requested, %d created; errors: %d HTTP, %d no offer in %v, %d skipped, %d driver frames, %d position posts; "+
-			"%d declines, %d trips completed, %d trip steps retried; sender lag p99 %.1f ms; engine %s: %s",
+			"%d declines, %d trips completed, %d trip steps retried; sender lag p99 %.1f ms; "+
+			"request to the engine's send p50 %.1f ms p99 %.1f ms, send to read p50 %.1f ms p99 %.1f ms, POST round trip p50 %.1f ms p99 %.1f ms; engine %s: %s",
 			w, len(r.http), positionsPerS, env.Refresh, r.requested.Load(), r.created.Load(), r.httpErrs.Load(), noOffer, e2eDrain, r.skipped.Load(),
-			r.driverErrs.Load(), r.positionErrs.Load(), r.declined.Load(), r.trips.Load(), r.retries.Load(), lag.Percentile(99)/1e3, rev, engineStats),
+			r.driverErrs.Load(), r.positionErrs.Load(), r.declined.Load(), r.trips.Load(), r.retries.Load(), lag.Percentile(99)/1e3,
+			engine.Percentile(50)/1e3, engine.Percentile(99)/1e3, delivery.Percentile(50)/1e3, delivery.Percentile(99)/1e3,
+			post.Percentile(50)/1e3, post.Percentile(99)/1e3, rev, engineStats),
 	}
 	return []Result{res}, nil
 }
@@ -315,11 +350,7 @@ func (r *e2eRun) connectDrivers(ctx context.Context, g *errgroup.Group) error {
 	dg.SetLimit(64)
 	for k, i := range r.ws {
 		dg.Go(func() error {
-			id := r.fleet.IDs[i]
-			tok, err := r.signer.Mint(dispatch.Claims{Subject: string(id), Role: dispatch.RoleDriver, Expires: time.Now().Add(24 * time.Hour)})
-			if err != nil {
-				return err
-			}
+			id, tok := r.fleet.IDs[i], r.tokens[i]
 			cctx, cancel := context.WithTimeout(dctx, 10*time.Second)
 			c, _, err := websocket.Dial(cctx, url+"?access_token="+tok, opts)
 			cancel()
@@ -374,11 +405,7 @@ func (r *e2eRun) postPosition(ctx context.Context, c *http.Client, i int, f disp
 	if err != nil {
 		return err
 	}
-	tok, err := r.signer.Mint(dispatch.Claims{Subject: string(id), Role: dispatch.RoleDriver, Expires: time.Now().Add(time.Hour)})
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Authorization", "Bearer "+r.tokens[i])
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.Do(req)
 	if err != nil {
@@ -491,8 +518,9 @@ func (r *e2eRun) refresh(ctx context.Context, c *http.Client, period time.Durati
 
 // e2eFrame is a downward driver WebSocket frame.
 type e2eFrame struct {
-	Type string          `json:"type"`
-	Ride dispatch.RideID `json:"ride"`
+	Type      string          `json:"type"`
+	Ride      dispatch.RideID `json:"ride"`
+	ExpiresAt time.Time       `json:"expires_at"`
 }
 
 // nextStep is the trip step after each one.
@@ -529,6 +557,9 @@ func (r *e2eRun) driverLoop(ctx context.Context, c *websocket.Conn, i int) {
 			r.ridesMu.Lock()
 			if ride, ok := r.rides[f.Ride]; ok && ride.offered.IsZero() {
 				ride.offered = now
+				if !f.ExpiresAt.IsZero() {
+					ride.pushed = f.ExpiresAt.Add(-e2eOfferTimeout)
+				}
 			}
 			r.ridesMu.Unlock()
 			if nth%e2eDeclineEvery == 0 || !r.busy[i].CompareAndSwap(false, true) {
@@ -610,13 +641,11 @@ func (r *e2eRun) stepper(ctx context.Context, c *http.Client) error {
 // when the engine refused it for now (409: the accept is not recorded yet;
 // 429, 503).
 func (r *e2eRun) postStep(ctx context.Context, c *http.Client, s e2eStep) {
-	id := r.fleet.IDs[s.driver]
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+"/v1/rides/"+string(s.ride)+"/"+s.kind, nil)
 	if err != nil {
 		return
 	}
-	tok, _ := r.signer.Mint(dispatch.Claims{Subject: string(id), Role: dispatch.RoleDriver, Expires: time.Now().Add(time.Hour)})
-	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Authorization", "Bearer "+r.tokens[s.driver])
 	resp, err := c.Do(req)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -738,6 +767,9 @@ func (r *e2eRun) requestRide(ctx context.Context, c *http.Client, k int, pickup,
 		r.ridesMu.Unlock()
 		return
 	}
+	r.ridesMu.Lock()
+	ride.answered = time.Now()
+	r.ridesMu.Unlock()
 	r.created.Add(1)
 }
 
