@@ -7,18 +7,29 @@ import (
 )
 
 // breaker stops calling a store that keeps failing. After Failures
-// consecutive failures it opens for Cooldown: calls fail at once, without
-// a dial or a timeout each. Then one call is let through (half-open); its
-// success closes the breaker, its failure opens it for another Cooldown.
+// consecutive failures spanning at least span it opens for Cooldown: calls
+// fail at once, without a dial or a timeout each. Then one call is let
+// through (half-open); its success closes the breaker, its failure opens
+// it for another Cooldown.
+//
+// The span is there because the calls in flight when this process stalls
+// (a GC cycle, a burst of other work, a machine shared with other jobs)
+// time out together: counted one by one, a single stall of a few hundred
+// milliseconds opened the breaker and failed every ride for a cooldown
+// although Redis was fine. Failures of one stall land within a few
+// milliseconds of each other; a store that is down keeps failing calls
+// started after the first failures too, so the streak soon spans more.
 //
 // Concurrency: mu guards the state.
 type breaker struct {
 	failures int
 	cooldown time.Duration
+	span     time.Duration // 0: the count alone opens
 	now      func() time.Time
 
 	mu        sync.Mutex
 	failed    int       // consecutive failures
+	firstFail time.Time // when the streak of failures began
 	openUntil time.Time // zero: closed
 	probing   bool      // a half-open call is in flight
 }
@@ -61,9 +72,13 @@ func (b *breaker) observe(ok bool) {
 		b.failed, b.openUntil = 0, time.Time{}
 		return
 	}
+	now := b.now()
+	if b.failed == 0 {
+		b.firstFail = now
+	}
 	b.failed++
-	if wasProbe || b.failed >= b.failures {
-		b.openUntil = b.now().Add(b.cooldown)
+	if wasProbe || (b.failed >= b.failures && now.Sub(b.firstFail) >= b.span) {
+		b.openUntil = now.Add(b.cooldown)
 	}
 }
 

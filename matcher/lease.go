@@ -63,6 +63,11 @@ type LeaseConfig struct {
 	// turns the breaker off.
 	BreakerFailures int
 	BreakerCooldown time.Duration
+	// BreakerSpan is how long a streak of failures must last before it
+	// opens the breaker: calls that time out together in one stall of
+	// this process count as one failure of the store, not several (see
+	// breaker). Zero lets the count alone open it.
+	BreakerSpan time.Duration
 	// Now is the breaker's clock.
 	Now func() time.Time
 }
@@ -72,7 +77,7 @@ type LeaseConfig struct {
 func DefaultLeaseConfig() LeaseConfig {
 	return LeaseConfig{
 		KeyPrefix: "hexd:", OfferTTL: 15 * time.Second, TripTTL: 6 * time.Hour, OpTimeout: 250 * time.Millisecond,
-		BreakerFailures: 5, BreakerCooldown: time.Second, Now: time.Now,
+		BreakerFailures: 5, BreakerCooldown: time.Second, BreakerSpan: 250 * time.Millisecond, Now: time.Now,
 	}
 }
 
@@ -91,6 +96,8 @@ func (c LeaseConfig) Validate() error {
 		return fmt.Errorf("%w: BreakerCooldown %v must be positive with a breaker", ErrInvalidConfig, c.BreakerCooldown)
 	case c.BreakerFailures > 0 && c.Now == nil:
 		return fmt.Errorf("%w: Now is nil", ErrInvalidConfig)
+	case c.BreakerSpan < 0:
+		return fmt.Errorf("%w: BreakerSpan %v is negative", ErrInvalidConfig, c.BreakerSpan)
 	}
 	return nil
 }
@@ -98,9 +105,19 @@ func (c LeaseConfig) Validate() error {
 // FailFastOptions returns go-redis options for addr tuned for the ride
 // path: short dial, read and pool timeouts and one retry, so that a dead
 // Redis costs a ride request a few hundred milliseconds, not seconds.
+//
+// The pool is larger than go-redis's default (10 per GOMAXPROCS): a
+// connection stays taken until its goroutine runs again to read the
+// reply, so on a busy process (two cores, hundreds of rides in flight,
+// each a few round trips) twenty were all taken and calls failed with a
+// pool timeout while Redis itself idled. Connections are dialled as
+// needed and close after go-redis's idle timeout; none are kept warm,
+// since a pool that redials in the background while Redis is down keeps
+// failing after Redis is back until its dial backoff ends.
 func FailFastOptions(addr string) *redis.Options {
 	return &redis.Options{
 		Addr:                  addr,
+		PoolSize:              64,
 		DialTimeout:           200 * time.Millisecond,
 		DialerRetries:         1,
 		ReadTimeout:           200 * time.Millisecond,
@@ -179,7 +196,7 @@ func NewLeases(rdb redis.UniversalClient, cfg LeaseConfig) (*Leases, error) {
 	}
 	l := &Leases{rdb: rdb, cfg: cfg}
 	if cfg.BreakerFailures > 0 {
-		l.breaker = &breaker{failures: cfg.BreakerFailures, cooldown: cfg.BreakerCooldown, now: cfg.Now}
+		l.breaker = &breaker{failures: cfg.BreakerFailures, cooldown: cfg.BreakerCooldown, span: cfg.BreakerSpan, now: cfg.Now}
 	}
 	return l, nil
 }

@@ -333,7 +333,7 @@ func TestLeaseBreakerOpensAndRecovers(t *testing.T) {
 	t.Cleanup(func() { rdb.Close() })
 	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	cfg := matcher.DefaultLeaseConfig()
-	cfg.BreakerFailures, cfg.BreakerCooldown, cfg.Now = 3, time.Second, clock.Now
+	cfg.BreakerFailures, cfg.BreakerCooldown, cfg.BreakerSpan, cfg.Now = 3, time.Second, 0, clock.Now
 	l, err := matcher.NewLeases(rdb, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -390,5 +390,66 @@ func TestLeaseBreakerOpensAndRecovers(t *testing.T) {
 	}
 	if st := l.Stats(); st.Unavailable != 10 {
 		t.Fatalf("stats %+v, want 10 unavailable", st)
+	}
+}
+
+// TestLeaseBreakerSpan: failures that land together (calls in flight
+// through one stall of the process) do not open the breaker; a streak
+// that lasts BreakerSpan does, and a success ends the streak.
+func TestLeaseBreakerSpan(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(matcher.FailFastOptions(srv.Addr))
+	t.Cleanup(func() { rdb.Close() })
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	cfg := matcher.DefaultLeaseConfig()
+	cfg.BreakerFailures, cfg.BreakerCooldown, cfg.BreakerSpan, cfg.Now = 3, time.Second, 250*time.Millisecond, clock.Now
+	l, err := matcher.NewLeases(rdb, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	n := 0
+	reserve := func() error {
+		n++
+		_, err := l.Reserve(ctx, "d1", matcher.RideID("r"+strconv.Itoa(n)), 0)
+		if errors.Is(err, matcher.ErrDriverTaken) {
+			return nil // Redis answered
+		}
+		return err
+	}
+	wantRedisErr := func(what string) {
+		t.Helper()
+		if err := reserve(); !errors.Is(err, matcher.ErrUnavailable) || strings.Contains(err.Error(), "circuit") {
+			t.Fatalf("%s: %v, want a Redis error with the breaker closed", what, err)
+		}
+	}
+	srv.Stop()
+	for i := range 6 {
+		wantRedisErr(fmt.Sprintf("failure %d at one instant", i))
+	}
+	clock.Advance(100 * time.Millisecond)
+	wantRedisErr("failure 100 ms into the streak")
+	clock.Advance(200 * time.Millisecond)
+	wantRedisErr("the failure that spans 300 ms") // observed after the call: it opens
+	if err := reserve(); !strings.Contains(fmt.Sprint(err), "circuit open") {
+		t.Fatalf("after a 300 ms streak: %v, want the breaker open", err)
+	}
+
+	// A success in between starts the count again.
+	srv.Restart()
+	clock.Advance(2 * time.Second)
+	if err := reserve(); err != nil {
+		t.Fatalf("half-open probe: %v", err)
+	}
+	srv.Stop()
+	wantRedisErr("first failure of a new streak")
+	clock.Advance(time.Second)
+	srv.Restart()
+	if err := reserve(); err != nil {
+		t.Fatalf("Redis back: %v", err)
+	}
+	srv.Stop()
+	for i := range 2 {
+		wantRedisErr(fmt.Sprintf("failure %d after a success", i))
 	}
 }
