@@ -98,6 +98,8 @@ type window struct {
 	reqs  []*pending
 	full  chan struct{} // closed when MaxRiders is reached, or by Close
 	abort bool          // set by Close (under windowsMu): answer ErrClosed, plan nothing
+	ended chan struct{} // closed by the window's timer
+	timer clock.Timer
 }
 
 type pending struct {
@@ -152,10 +154,7 @@ func (b *Batcher) Match(ctx context.Context, req MatchRequest) (Match, error) {
 	}
 	w := b.windows[region]
 	if w == nil {
-		w = &window{full: make(chan struct{})}
-		b.windows[region] = w
-		b.wg.Add(1)
-		go b.run(region, w)
+		w = b.openLocked(region)
 	}
 	w.reqs = append(w.reqs, p)
 	b.parked++
@@ -235,26 +234,35 @@ func (b *Batcher) Stats() BatcherStats {
 	}
 }
 
-// run waits for the window to end or fill, then plans and reserves it.
-func (b *Batcher) run(region geo.Cell, w *window) {
-	defer b.wg.Done()
+// openLocked opens region's window: its timer starts now, from the
+// request that opened it, and its goroutine waits for it.
+func (b *Batcher) openLocked(region geo.Cell) *window {
+	w := &window{full: make(chan struct{}), ended: make(chan struct{})}
 	// The window leaves the map and its requests the parked count inside
 	// the timer's function: on a virtual clock that runs within the
 	// clock's move, so nobody sees the window ended but still parked.
-	rang := make(chan struct{})
-	t := b.clk.AfterFunc(b.cfg.Batch.Window, func() {
+	w.timer = b.clk.AfterFunc(b.cfg.Batch.Window, func() {
 		b.windowsMu.Lock()
 		if b.windows[region] == w {
 			delete(b.windows, region)
 			b.unparkLocked(w)
 		}
 		b.windowsMu.Unlock()
-		close(rang)
+		close(w.ended)
 	})
+	b.windows[region] = w
+	b.wg.Add(1)
+	go b.run(w)
+	return w
+}
+
+// run waits for the window to end or fill, then plans and reserves it.
+func (b *Batcher) run(w *window) {
+	defer b.wg.Done()
 	select {
-	case <-rang:
+	case <-w.ended:
 	case <-w.full:
-		t.Stop()
+		w.timer.Stop()
 	}
 	// Nothing can join w now: it left the map under the lock.
 	b.windowsMu.Lock()
