@@ -12,10 +12,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/dispatch"
 	"github.com/hexdispatch/hexdispatch/geo"
+	"github.com/hexdispatch/hexdispatch/internal/clock"
 )
 
 // Target is the engine a city simulation drives through its public API.
@@ -30,7 +32,19 @@ type Target struct {
 	// Settle, when set, is called once the simulation stopped and before
 	// the invariants are checked, so the engine can flush its ride events.
 	Settle func(ctx context.Context) error
+	// Clock and Quiesce, both set, run the simulation in deterministic
+	// mode (see lockstep.go): Clock is the in-process engine's virtual
+	// clock, which only the simulation moves, and Quiesce waits until the
+	// engine has handled framesIn driver frames and done everything they
+	// and the calls so far asked for, and returns how many messages it
+	// wrote to drivers (engine.Engine.Quiesce).
+	Clock   *clock.Virtual
+	Quiesce func(ctx context.Context, framesIn uint64) (framesOut uint64, err error)
 }
+
+// Deterministic reports whether t runs the simulation in deterministic
+// mode.
+func (t Target) Deterministic() bool { return t.Clock != nil && t.Quiesce != nil }
 
 // CityConfig configures a city simulation. Durations are simulated time.
 type CityConfig struct {
@@ -121,6 +135,20 @@ type city struct {
 
 	drivers []*simDriver
 	reqs    []simRequest // the replayed demand, sorted by time; read-only once running
+
+	// WebSocket frames the drivers sent and read, and driver HTTP calls:
+	// what deterministic mode's loop waits on.
+	sent, read, posts atomic.Uint64
+	// settle, in deterministic mode, waits for the engine (lockstep.settle).
+	settle func(ctx context.Context) error
+}
+
+// attempts is how many times a rider sends a ride request.
+func (c *city) attempts() int {
+	if c.cfg.RequestAttempts == 0 {
+		return 3
+	}
+	return c.cfg.RequestAttempts
 }
 
 // RunCity replays cfg.Demand against target with cfg.Drivers simulated
@@ -145,8 +173,33 @@ func RunCity(ctx context.Context, target Target, cfg CityConfig) (Summary, *Snap
 	c.reqs = reqs
 
 	wallStart := time.Now()
-	c.clock = NewClock(cfg.From-cfg.WarmUp, cfg.Speed)
 	end := cfg.To + cfg.Drain
+	var err error
+	if target.Deterministic() {
+		c.clock = newVirtualClock(target.Clock, cfg.From-cfg.WarmUp, cfg.Speed)
+		err = c.withProgress(ctx, end, func(ctx context.Context) error { return c.runLockstep(ctx, reqs, end) })
+	} else {
+		c.clock = NewClock(cfg.From-cfg.WarmUp, cfg.Speed)
+		err = c.withProgress(ctx, end, func(ctx context.Context) error { return c.runRealTime(ctx, reqs, end) })
+	}
+
+	s := Summary{Demand: cfg.Demand.Name, From: clockString(cfg.From), To: clockString(cfg.To), Drivers: cfg.Drivers,
+		Speed: cfg.Speed, Seed: cfg.Seed, Target: target.BaseURL, Deterministic: target.Deterministic()}
+	for _, d := range c.drivers {
+		d.account(c.track)
+	}
+	c.track.summarise(&s, cfg.From, cfg.To)
+	s.WallSeconds = round3(time.Since(wallStart).Seconds())
+	if err != nil {
+		return s, c.snaps, err
+	}
+	s.Invariants, err = c.checkInvariants(ctx)
+	return s, c.snaps, err
+}
+
+// runRealTime runs a goroutine per driver and rider on the wall clock
+// (scaled by Speed) until end.
+func (c *city) runRealTime(ctx context.Context, reqs []simRequest, end time.Duration) error {
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for _, d := range c.drivers {
@@ -161,28 +214,24 @@ func RunCity(ctx context.Context, target Target, cfg CityConfig) (Summary, *Snap
 		defer wg.Done()
 		c.riders(runCtx, reqs, &wg)
 	}()
-	progressDone := make(chan struct{})
-	go func() {
-		defer close(progressDone)
-		c.progress(runCtx, end)
-	}()
 	err := c.clock.SleepUntil(ctx, end)
 	stop()
 	wg.Wait()
-	<-progressDone
+	return err
+}
 
-	s := Summary{Demand: cfg.Demand.Name, From: clockString(cfg.From), To: clockString(cfg.To), Drivers: cfg.Drivers,
-		Speed: cfg.Speed, Seed: cfg.Seed, Target: target.BaseURL}
-	for _, d := range c.drivers {
-		d.account(c.track)
-	}
-	c.track.summarise(&s, cfg.From, cfg.To)
-	s.WallSeconds = round3(time.Since(wallStart).Seconds())
-	if err != nil {
-		return s, c.snaps, err
-	}
-	s.Invariants, err = c.checkInvariants(ctx)
-	return s, c.snaps, err
+// withProgress runs run while printing progress.
+func (c *city) withProgress(ctx context.Context, end time.Duration, run func(context.Context) error) error {
+	pctx, stop := context.WithCancel(ctx)
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		c.progress(pctx, end)
+	}()
+	err := run(ctx)
+	stop()
+	<-progressDone
+	return err
 }
 
 // placeDrivers creates the drivers: where they start, when their shift

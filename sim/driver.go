@@ -42,6 +42,7 @@ type simDriver struct {
 	state driverState
 
 	shiftStart, shiftEnd time.Duration
+	nextPing             time.Duration
 
 	pending *pendingOffer
 	ride    dispatch.RideID
@@ -111,104 +112,32 @@ func (d *simDriver) run(ctx context.Context, c *city, end time.Duration) {
 // session runs one WebSocket connection until the shift ends (true) or
 // the connection fails (false).
 func (d *simDriver) session(ctx context.Context, c *city, end time.Duration) bool {
-	wsURL := "ws" + strings.TrimPrefix(c.target.BaseURL, "http") + "/v1/drivers/ws"
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, _, err := websocket.Dial(dctx, wsURL, &websocket.DialOptions{HTTPClient: c.http,
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + d.token}}})
-	cancel()
+	inbox := make(chan inMsg, 32)
+	conn, stop, err := d.dial(ctx, c, func(m inMsg, rctx context.Context) {
+		select {
+		case inbox <- m:
+		case <-rctx.Done():
+		}
+	}, func() { close(inbox) })
 	if err != nil {
 		return ctx.Err() != nil
 	}
-	inbox := make(chan inMsg, 32)
-	rctx, stopReader := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(inbox)
-		for {
-			_, b, err := conn.Read(rctx)
-			if err != nil {
-				return
-			}
-			var m inMsg
-			if json.Unmarshal(b, &m) != nil {
-				continue
-			}
-			select {
-			case inbox <- m:
-			case <-rctx.Done():
-				return
-			}
-		}
-	}()
-	defer func() {
-		stopReader()
-		conn.CloseNow()
-		wg.Wait()
-	}()
+	defer stop()
 	now := c.clock.Now()
 	if err := d.report(ctx, c, conn, now); err != nil {
 		return ctx.Err() != nil
 	}
-	nextPing := now + d.jitterPing(c)
+	d.nextPing = now + d.jitterPing(c)
 	for {
 		now = c.clock.Now()
-		if now >= d.shiftEnd && d.state == idle && d.pending == nil {
+		over, err := d.due(ctx, c, conn, now)
+		if over {
 			return true
 		}
-		if p := d.pending; p != nil && now >= p.answerAt {
-			d.answer(ctx, c, p, now)
+		if err != nil {
+			return ctx.Err() != nil
 		}
-		switch {
-		case d.state == toPickup && now >= d.legEnd:
-			d.pos = d.to
-			if d.action(ctx, c, "arrived") {
-				c.track.with(d.ride, func(r *rideRec) { r.arrivedSim = now })
-				d.state, d.boardEnd = boarding, now+c.cfg.BoardTime
-			} else {
-				d.endJob(now, c)
-			}
-		case d.state == boarding && now >= d.boardEnd:
-			if d.action(ctx, c, "start") {
-				trip := d.trip
-				c.track.with(d.ride, func(r *rideRec) {
-					if r.req.TripDuration > 0 {
-						trip = r.req.TripDuration
-					}
-				})
-				if trip <= 0 {
-					trip = c.driveTime(d.pos, d.dropoff)
-				}
-				d.state = onTrip
-				d.leg(now, d.dropoff, trip)
-			} else {
-				d.endJob(now, c)
-			}
-		case d.state == onTrip && now >= d.legEnd:
-			d.pos = d.to
-			if d.action(ctx, c, "complete") {
-				c.track.with(d.ride, func(r *rideRec) { r.completedSim = now })
-			}
-			d.endJob(now, c)
-		}
-		if now >= nextPing {
-			if err := d.report(ctx, c, conn, now); err != nil {
-				return ctx.Err() != nil
-			}
-			nextPing = max(nextPing+c.cfg.Ping, now)
-		}
-		next := min(nextPing, d.shiftEnd, end)
-		if d.pending != nil {
-			next = min(next, d.pending.answerAt)
-		}
-		switch d.state {
-		case toPickup, onTrip:
-			next = min(next, d.legEnd)
-		case boarding:
-			next = min(next, d.boardEnd)
-		}
-		wait := c.clock.Real(next - now)
+		wait := c.clock.Real(d.wakeAt(now, end) - now)
 		if wait < time.Millisecond {
 			wait = time.Millisecond
 		}
@@ -226,6 +155,133 @@ func (d *simDriver) session(ctx context.Context, c *city, end time.Duration) boo
 		case <-t.C:
 		}
 	}
+}
+
+// dial opens the driver WebSocket and starts its reader, which passes
+// every frame to got and calls closed when the connection ends; stop
+// closes the connection and waits for the reader.
+func (d *simDriver) dial(ctx context.Context, c *city, got func(m inMsg, rctx context.Context), closed func()) (*websocket.Conn, func(), error) {
+	wsURL := "ws" + strings.TrimPrefix(c.target.BaseURL, "http") + "/v1/drivers/ws"
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, _, err := websocket.Dial(dctx, wsURL, &websocket.DialOptions{HTTPClient: c.http,
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + d.token}}})
+	cancel()
+	if err != nil {
+		return nil, nil, err
+	}
+	rctx, stopReader := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer closed()
+		for {
+			_, b, err := conn.Read(rctx)
+			if err != nil {
+				return
+			}
+			var m inMsg
+			if json.Unmarshal(b, &m) != nil {
+				m = inMsg{Type: "undecodable"}
+			}
+			got(m, rctx)
+		}
+	}()
+	return conn, func() {
+		stopReader()
+		conn.CloseNow()
+		wg.Wait()
+	}, nil
+}
+
+// due does what is due at now: answers a pending offer, moves the job on
+// (arrived, start, complete) and reports the position when a ping is
+// due. It reports whether the shift is over (idle, no offer pending), and
+// a failed position report.
+func (d *simDriver) due(ctx context.Context, c *city, conn *websocket.Conn, now time.Duration) (over bool, err error) {
+	if now >= d.shiftEnd && d.state == idle && d.pending == nil {
+		return true, nil
+	}
+	if p := d.pending; p != nil && now >= p.answerAt {
+		d.answer(ctx, c, p, now)
+	}
+	switch {
+	case d.state == toPickup && now >= d.legEnd:
+		d.pos = d.to
+		if d.action(ctx, c, "arrived") {
+			c.track.with(d.ride, func(r *rideRec) { r.arrivedSim = now })
+			d.state, d.boardEnd = boarding, now+c.cfg.BoardTime
+		} else {
+			d.endJob(now, c)
+		}
+	case d.state == boarding && now >= d.boardEnd:
+		if d.action(ctx, c, "start") {
+			trip := d.trip
+			c.track.with(d.ride, func(r *rideRec) {
+				if r.req.TripDuration > 0 {
+					trip = r.req.TripDuration
+				}
+			})
+			if trip <= 0 {
+				trip = c.driveTime(d.pos, d.dropoff)
+			}
+			d.state = onTrip
+			d.leg(now, d.dropoff, trip)
+		} else {
+			d.endJob(now, c)
+		}
+	case d.state == onTrip && now >= d.legEnd:
+		d.pos = d.to
+		if d.action(ctx, c, "complete") {
+			c.track.with(d.ride, func(r *rideRec) { r.completedSim = now })
+		}
+		d.endJob(now, c)
+	}
+	if now >= d.nextPing {
+		if err := d.report(ctx, c, conn, now); err != nil {
+			return false, err // counted by run, which redials
+		}
+		d.nextPing = max(d.nextPing+c.cfg.Ping, now)
+	}
+	return false, nil
+}
+
+// onlyPing reports whether at now the driver has nothing due but its
+// position report: no answer, no step of a job, no end of shift.
+func (d *simDriver) onlyPing(now time.Duration) bool {
+	switch {
+	case now >= d.shiftEnd && d.state == idle && d.pending == nil:
+		return false
+	case d.pending != nil && now >= d.pending.answerAt:
+		return false
+	case (d.state == toPickup || d.state == onTrip) && now >= d.legEnd:
+		return false
+	case d.state == boarding && now >= d.boardEnd:
+		return false
+	}
+	return true
+}
+
+// wakeAt is when, after now, the driver next has something to do: a
+// ping, an answer, the end of a leg or of boarding, the end of its shift
+// or of the run.
+func (d *simDriver) wakeAt(now, end time.Duration) time.Duration {
+	next := d.nextPing
+	for _, t := range []time.Duration{d.shiftEnd, end} {
+		if t > now {
+			next = min(next, t)
+		}
+	}
+	if d.pending != nil {
+		next = min(next, d.pending.answerAt)
+	}
+	switch d.state {
+	case toPickup, onTrip:
+		next = min(next, d.legEnd)
+	case boarding:
+		next = min(next, d.boardEnd)
+	}
+	return next
 }
 
 // jitterPing spreads the drivers' first reports over one interval.
@@ -269,6 +325,9 @@ func (d *simDriver) answer(ctx context.Context, c *city, p *pendingOffer, now ti
 	}
 	if !d.post(ctx, c, "/v1/rides/"+string(p.ride)+"/accept", nil) {
 		return // expired or cancelled meanwhile: still idle
+	}
+	if c.settle != nil && c.settle(ctx) != nil { // deterministic mode: the search has taken the answer
+		return
 	}
 	if !d.confirm(ctx, c, p.ride) {
 		d.expired++ // the answer came after the offer timed out
@@ -346,6 +405,7 @@ func (d *simDriver) post(ctx context.Context, c *city, path string, body any) bo
 	}
 	req.Header.Set("Authorization", "Bearer "+d.token)
 	req.Header.Set("Content-Type", "application/json")
+	c.posts.Add(1)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -402,6 +462,7 @@ func (d *simDriver) report(ctx context.Context, c *city, conn *websocket.Conn, n
 	if err := conn.Write(wctx, websocket.MessageText, b); err != nil {
 		return err // counted by run, which redials
 	}
+	c.sent.Add(1)
 	c.snaps.driver(now, d.idx, p, d.state != idle)
 	return nil
 }

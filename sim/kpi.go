@@ -158,6 +158,9 @@ type Summary struct {
 	Seed        uint64  `json:"seed"`
 	Target      string  `json:"target"`
 	WallSeconds float64 `json:"wall_seconds"`
+	// Deterministic: the run was in deterministic mode, where the same
+	// seed gives the same Comparable summary.
+	Deterministic bool `json:"deterministic"`
 
 	Requests         int            `json:"requests"`
 	Created          int            `json:"created"`
@@ -199,6 +202,21 @@ type Summary struct {
 
 	waitSample   []float64 // wait until offer, for the report's histograms
 	pickupSample []float64 // wait until pickup
+}
+
+// Comparable returns s without what the wall clock decides: the target's
+// address, the wall time, the request-to-offer latency at the client, and
+// the count of ride-events records (at-least-once delivery may repeat
+// one; the checker counts each event once). Two deterministic runs with
+// the same seed and settings give equal Comparable summaries.
+func (s Summary) Comparable() Summary {
+	s.Target, s.WallSeconds, s.RequestToOfferMS = "", 0, Quantiles{}
+	s.Invariants.Events = 0
+	s.Outcomes = slices.Clone(s.Outcomes)
+	for i := range s.Outcomes {
+		s.Outcomes[i].Sent, s.Outcomes[i].Ride = time.Time{}, ""
+	}
+	return s
 }
 
 // summarise builds the Summary from the tracker.

@@ -52,10 +52,7 @@ func (c *city) ride(ctx context.Context, r *rideRec) {
 	body, _ := json.Marshal(rideBody{Pickup: r.req.Pickup, Dropoff: r.dropoff})
 	key := fmt.Sprintf("citysim-%d-%d", c.cfg.Seed, r.idx)
 	var ride dispatch.RideView
-	attempts := c.cfg.RequestAttempts
-	if attempts == 0 {
-		attempts = 3
-	}
+	attempts := c.attempts()
 	for attempt := 0; ; attempt++ {
 		r.sentSim, r.sentWall = c.clock.Now(), time.Now()
 		if attempt == 0 {

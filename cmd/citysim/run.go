@@ -19,6 +19,7 @@ import (
 
 	"github.com/hexdispatch/hexdispatch/dispatch"
 	"github.com/hexdispatch/hexdispatch/geo"
+	vclock "github.com/hexdispatch/hexdispatch/internal/clock"
 	"github.com/hexdispatch/hexdispatch/internal/engine"
 	"github.com/hexdispatch/hexdispatch/sim"
 )
@@ -34,6 +35,7 @@ type options struct {
 	city                  sim.CityConfig
 	seed                  uint64
 	failOnInvariants      bool
+	deterministic         bool
 	minMatchRate          float64
 	syntheticSpan         time.Duration
 	partitions, fanOut    int
@@ -77,6 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&c.Drain, "drain", c.Drain, "keep running this long after -to so searches and trips can end (simulated)")
 	fs.DurationVar(&c.WarmUp, "warmup", c.WarmUp, "drivers come online this long before -from (simulated)")
 	fs.StringVar(&o.snapshots, "snapshots", "", "times of the supply/demand heat maps, HH:MM,... (default: three across the run)")
+	fs.BoolVar(&o.deterministic, "deterministic", false, "in-process engine on a virtual clock, replayed step by step: the same -seed gives the same summary (as fast as the machine allows, up to -speed)")
 	fs.BoolVar(&o.failOnInvariants, "fail-on-violation", true, "exit non-zero when an invariant is broken")
 	fs.Float64Var(&o.minMatchRate, "min-match-rate", 0, "exit non-zero when the match rate is below this")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "in-process engine: graceful shutdown bound")
@@ -94,6 +97,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.target != "" && len(o.secret) < dispatch.MinSecretLen {
 		return o, fmt.Errorf("-target needs -token-secret (or HEXD_TOKEN_SECRET) of at least %d bytes to mint tokens", dispatch.MinSecretLen)
+	}
+	if o.deterministic && o.target != "" {
+		return o, errors.New("-deterministic needs the in-process engine: drop -target")
 	}
 	if o.batchWindow <= 0 || o.batchWindow > 5*time.Minute {
 		return o, fmt.Errorf("-batch-window %v: want (0, 5m]", o.batchWindow)
@@ -256,13 +262,21 @@ func startTarget(ctx context.Context, o options, speed float64) (sim.Target, fun
 	ec := engine.DefaultConfig()
 	scale := func(d time.Duration) time.Duration { return time.Duration(float64(d) / speed) }
 	ec.Addr, ec.TokenSecret, ec.Policy, ec.Partitions = "127.0.0.1:0", hex.EncodeToString(raw[:]), o.policy, o.partitions
-	// The system's own latencies (GPS ingest, HTTP round trips) do not
-	// scale with the replay: the TTL and the offer timeout keep a floor of
-	// wall time so a busy machine does not expire live drivers or time out
-	// answers already sent. Simulated drivers go offline explicitly and
-	// always answer, so the floors rarely decide anything else.
-	ec.TTL, ec.OfferTimeout = max(scale(ec.TTL), ttlFloor), max(scale(ec.OfferTimeout), offerFloor)
-	ec.SearchDeadline, ec.RetryEvery, ec.BatchWindow = scale(ec.SearchDeadline), scale(ec.RetryEvery), scale(o.batchWindow)
+	var virtual *vclock.Virtual
+	if o.deterministic {
+		// The engine's clock is the simulation's: its durations are
+		// simulated time, unscaled.
+		virtual = vclock.NewVirtual(time.Now())
+		ec.Clock, ec.BatchWindow = virtual, o.batchWindow
+	} else {
+		// The system's own latencies (GPS ingest, HTTP round trips) do not
+		// scale with the replay: the TTL and the offer timeout keep a floor of
+		// wall time so a busy machine does not expire live drivers or time out
+		// answers already sent. Simulated drivers go offline explicitly and
+		// always answer, so the floors rarely decide anything else.
+		ec.TTL, ec.OfferTimeout = max(scale(ec.TTL), ttlFloor), max(scale(ec.OfferTimeout), offerFloor)
+		ec.SearchDeadline, ec.RetryEvery, ec.BatchWindow = scale(ec.SearchDeadline), scale(ec.RetryEvery), scale(o.batchWindow)
+	}
 	ec.ShutdownTimeout, ec.FanOut = o.shutdownTimeout, o.fanOut
 	log := slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ectx, cancel := context.WithCancel(ctx)
@@ -284,7 +298,11 @@ func startTarget(ctx context.Context, o options, speed float64) (sim.Target, fun
 		stop()
 		return sim.Target{}, nil, err
 	}
-	return sim.Target{BaseURL: "http://" + e.Addr().String(), Mint: minter(e.Signer()), Brokers: e.Brokers()}, stop, nil
+	t := sim.Target{BaseURL: "http://" + e.Addr().String(), Mint: minter(e.Signer()), Brokers: e.Brokers()}
+	if virtual != nil {
+		t.Clock, t.Quiesce = virtual, e.Quiesce
+	}
+	return t, stop, nil
 }
 
 func minter(s *dispatch.Signer) func(string, dispatch.Role) (string, error) {
