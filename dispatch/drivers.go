@@ -103,8 +103,9 @@ type DriversConfig struct {
 	// SendQueue bounds the messages waiting for a slow driver connection;
 	// when full, new messages to it are dropped and counted.
 	SendQueue int
-	// PingEvery is the WebSocket keepalive; a connection that misses a
-	// pong for PingEvery is closed.
+	// PingEvery is the WebSocket keepalive: a connection silent for
+	// PingEvery is pinged, and closed if the pong does not come within
+	// PingEvery.
 	PingEvery time.Duration
 	// WriteTimeout bounds one WebSocket write.
 	WriteTimeout time.Duration
@@ -550,6 +551,9 @@ type driverConn struct {
 
 	// nextPing is when the pinger pings next; Drivers.connsMu guards it.
 	nextPing time.Time
+	// heard is when the reader last read a frame (unix ns): a connection
+	// heard from within PingEvery is alive and needs no ping.
+	heard atomic.Int64
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -589,6 +593,7 @@ func (d *Drivers) reader(id positions.DriverID, dc *driverConn) {
 		if err != nil {
 			return
 		}
+		dc.heard.Store(time.Now().UnixNano())
 		d.handle(id, dc, b)
 		d.framesIn.Add(1)
 	}
@@ -715,9 +720,10 @@ func (d *Drivers) write(conn *websocket.Conn, batch [][]byte, ping bool) (int, e
 }
 
 // pinger schedules every connection's keepalive ping PingEvery after the
-// last: one goroutine and one ticker for the gateway instead of a ticker
-// per connection. It checks eight times per PingEvery, so pings go out
-// between PingEvery and 1.125 PingEvery apart.
+// last frame heard or ping sent: one goroutine and one ticker for the
+// gateway instead of a ticker per connection. It checks eight times per
+// PingEvery, so a silent connection is pinged between PingEvery and 1.125
+// PingEvery apart; one that reports more often is never pinged.
 func (d *Drivers) pinger() {
 	defer d.handlers.Done()
 	t := time.NewTicker(max(d.cfg.PingEvery/8, time.Millisecond))
@@ -732,10 +738,18 @@ func (d *Drivers) pinger() {
 		now := time.Now()
 		d.connsMu.Lock()
 		for _, dc := range d.conns {
-			if !now.Before(dc.nextPing) {
-				dc.nextPing = now.Add(d.cfg.PingEvery)
-				due = append(due, dc)
+			if now.Before(dc.nextPing) {
+				continue
 			}
+			// A driver that reports is alive: pinging it anyway put a
+			// writer goroutine per connection on the scheduler at once,
+			// every tick, which delayed the offers (issue 6's tail).
+			if heard := time.Unix(0, dc.heard.Load()); now.Sub(heard) < d.cfg.PingEvery {
+				dc.nextPing = heard.Add(d.cfg.PingEvery)
+				continue
+			}
+			dc.nextPing = now.Add(d.cfg.PingEvery)
+			due = append(due, dc)
 		}
 		d.connsMu.Unlock()
 		for _, dc := range due {

@@ -413,6 +413,33 @@ func TestDriverKeepalive(t *testing.T) {
 	}
 }
 
+// A driver that reports more often than PingEvery is not pinged: one that
+// sends positions but never reads (so could not answer a ping) stays
+// connected while it reports, and is closed once it falls silent.
+func TestDriverReportingNeedsNoPing(t *testing.T) {
+	const every = 200 * time.Millisecond
+	g := newGateway(t, 1024, true, func(c *dispatch.DriversConfig) { c.PingEvery = every })
+	talker, _, err := dialDriver(t, g, g.token(t, "talker", dispatch.RoleDriver), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer talker.CloseNow()
+	waitFor(t, "the connection", func() bool { return g.drivers.Connected("talker") })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for seq := 1; seq <= 40; seq++ { // 4 ping periods of reports every every/8
+		frame := fmt.Sprintf(`{"type":"position","lat":40.75,"lng":-73.98,"status":"available","seq":%d}`, seq)
+		if err := talker.Write(ctx, websocket.MessageText, []byte(frame)); err != nil {
+			t.Fatalf("report %d: %v", seq, err)
+		}
+		if !g.drivers.Connected("talker") {
+			t.Fatalf("closed after %d reports: a reporting driver was pinged", seq)
+		}
+		time.Sleep(every / 8)
+	}
+	waitFor(t, "the silent driver closed", func() bool { return !g.drivers.Connected("talker") })
+}
+
 // A driver that does not read: once the socket buffers are full its queue
 // fills, further messages are dropped and counted, and WriteTimeout
 // closes the connection.
