@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -29,6 +30,7 @@ import (
 // store and leases in Redis (in-process miniredis when -redis is empty), the
 // driver gateway, the dispatcher, the ride-events relay and the ops console.
 type api struct {
+	cfg    Config
 	mini   *miniredis.Miniredis // nil with -redis
 	rdb    *redis.Client
 	signer *dispatch.Signer
@@ -92,7 +94,7 @@ func embeddedRedisOptions(addr string) *redis.Options {
 }
 
 func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metrics prometheus.Gatherer) (*api, error) {
-	a := &api{}
+	a := &api{cfg: cfg}
 	ok := false
 	defer func() {
 		if !ok { // release what was opened before the failure
@@ -103,12 +105,8 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	clk := clock.Or(cfg.Clock)
 	if cfg.Redis == "" {
 		m := miniredis.NewMiniRedis()
-		// TTLs (leases, trip locks, idempotency keys) expire as on a real
-		// Redis; on a virtual clock, on its time.
-		m.ClockTTL(true)
 		if v, ok := cfg.virtual(); ok {
-			m.SetTime(v.Now())
-			v.OnMove(m.SetTime)
+			followClock(m, v)
 		}
 		if err := m.StartAddr("127.0.0.1:0"); err != nil {
 			return nil, fmt.Errorf("in-process redis: %w", err)
@@ -288,6 +286,9 @@ func (a *api) routes(mux *http.ServeMux) {
 // WebSockets.
 func (a *api) run(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return a.relay.Run(ctx) })
+	if _, virtual := a.cfg.virtual(); a.mini != nil && !virtual {
+		g.Go(func() error { return a.expireEmbedded(ctx) })
+	}
 	g.Go(func() error { return a.outcomes.Consume(ctx, a.outcomesCl) })
 	g.Go(func() error { return a.load.Run(ctx) })
 	g.Go(func() error { return a.disp.Run(ctx) })
@@ -326,6 +327,48 @@ func (a *api) close() {
 	if a.mini != nil {
 		a.mini.Close()
 	}
+}
+
+// embeddedExpireEvery is how often the embedded Redis's TTLs (leases,
+// trip locks, idempotency keys, retained rides) move on, in its clock's
+// time. miniredis expires keys only when told to; its ClockTTL mode tells
+// it on every command and re-sorts every key each time, which over a
+// day's rides grew into seconds per command. Once per interval costs one
+// pass; a key outlives its TTL by up to the interval.
+const embeddedExpireEvery = 2 * time.Second
+
+// expireEmbedded moves the embedded Redis's TTLs on with the wall clock
+// until ctx ends.
+func (a *api) expireEmbedded(ctx context.Context) error {
+	t := time.NewTicker(embeddedExpireEvery)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			a.mini.FastForward(now.Sub(last))
+			last = now
+		}
+	}
+}
+
+// followClock makes m's time v's, and its TTLs move on with v's moves
+// (see embeddedExpireEvery), so that leases expire on the engine's clock.
+func followClock(m *miniredis.Miniredis, v *clock.Virtual) {
+	var mu sync.Mutex
+	last := v.Now()
+	m.SetTime(last)
+	v.OnMove(func(t time.Time) {
+		mu.Lock()
+		defer mu.Unlock()
+		m.SetTime(t)
+		if d := t.Sub(last); d >= embeddedExpireEvery {
+			m.FastForward(d)
+			last = t
+		}
+	})
 }
 
 // register adds the API's collectors to reg.
