@@ -3,7 +3,6 @@ package sim
 import (
 	"container/heap"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"sync"
@@ -85,8 +84,14 @@ type lockstep struct {
 	inboxMu sync.Mutex
 	inbox   [][]inMsg // per driver, filled by its reader
 
-	riders  map[int]string // rider tokens by request index
+	riders  map[int]lsRider // by request index
 	created []*rideRec
+}
+
+// lsRider is one request's rider: its token and the record of its ride.
+type lsRider struct {
+	tok string
+	rec *rideRec
 }
 
 // runLockstep replays reqs in deterministic mode until end.
@@ -94,7 +99,7 @@ func (c *city) runLockstep(ctx context.Context, reqs []simRequest, end time.Dura
 	l := &lockstep{c: c, v: c.target.Clock, quiet: c.target.Quiesce, end: end, wall: time.Now(),
 		ver: make([]uint64, len(c.drivers)), conns: make([]*websocket.Conn, len(c.drivers)),
 		stops: make([]func(), len(c.drivers)), gone: make([]bool, len(c.drivers)),
-		inbox: make([][]inMsg, len(c.drivers)), riders: map[int]string{}}
+		inbox: make([][]inMsg, len(c.drivers)), riders: map[int]lsRider{}}
 	c.settle = l.settle
 	defer func() {
 		for _, stop := range l.stops {
@@ -321,27 +326,26 @@ func (l *lockstep) request(ctx context.Context, q simRequest, e lsEvent) error {
 	if err := l.settle(ctx); err != nil {
 		return err
 	}
-	var r *rideRec
-	if e.attempt == 0 {
-		r = &rideRec{idx: e.ride, req: q.Request, dropoff: q.dropoff}
-		c.track.add(r)
+	rd, ok := l.riders[e.ride]
+	if !ok {
+		rd.rec = &rideRec{idx: e.ride, req: q.Request, dropoff: q.dropoff}
+		c.track.add(rd.rec)
 		c.snaps.demand(q.At, q.Pickup)
-		tok, err := c.target.Mint(fmt.Sprintf("sim-r%d", e.ride), dispatch.RoleRider)
+		tok, err := c.riderToken(rd.rec)
 		if err != nil {
 			return nil
 		}
-		l.riders[e.ride] = tok
-	} else {
-		c.track.locked(func(t *tracker) { r = t.rides[l.rideIndex(e.ride)] })
+		rd.tok = tok
+		l.riders[e.ride] = rd
 	}
-	body, _ := json.Marshal(rideBody{Pickup: r.req.Pickup, Dropoff: r.dropoff})
-	key := fmt.Sprintf("citysim-%d-%d", c.cfg.Seed, r.idx)
+	r := rd.rec
+	body, key := c.rideRequest(r)
 	r.sentSim, r.sentWall = c.clock.Now(), time.Now()
 	if e.attempt == 0 {
 		c.track.locked(func(*tracker) { r.first = r.sentWall })
 	}
 	var ride dispatch.RideView
-	status, retryAfter, err := c.postRide(ctx, l.riders[e.ride], key, body, &ride)
+	status, retryAfter, err := c.postRide(ctx, rd.tok, key, body, &ride)
 	r.status = status
 	switch {
 	case (status == http.StatusCreated || status == http.StatusOK) && err == nil:
@@ -356,26 +360,10 @@ func (l *lockstep) request(ctx context.Context, q simRequest, e lsEvent) error {
 	return l.settle(ctx)
 }
 
-// rideIndex finds the tracker's record of request idx; call it under the
-// tracker's lock. Records are added in request order, so it is a search.
-func (l *lockstep) rideIndex(idx int) int {
-	rides := l.c.track.rides
-	lo, hi := 0, len(rides)
-	for lo < hi {
-		m := (lo + hi) / 2
-		if rides[m].idx < idx {
-			lo = m + 1
-		} else {
-			hi = m
-		}
-	}
-	return lo
-}
-
 // finalStates reads every created ride's state, as its rider.
 func (l *lockstep) finalStates(ctx context.Context) {
 	for _, r := range l.created {
-		if v, ok := l.c.getRide(ctx, l.riders[r.idx], r.id); ok {
+		if v, ok := l.c.getRide(ctx, l.riders[r.idx].tok, r.id); ok {
 			l.c.seen(r, v.State)
 		}
 	}

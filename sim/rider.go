@@ -44,13 +44,11 @@ type rideBody struct {
 
 // ride requests one ride and follows it on the rider WebSocket.
 func (c *city) ride(ctx context.Context, r *rideRec) {
-	sub := fmt.Sprintf("sim-r%d", r.idx)
-	tok, err := c.target.Mint(sub, dispatch.RoleRider)
+	tok, err := c.riderToken(r)
 	if err != nil {
 		return
 	}
-	body, _ := json.Marshal(rideBody{Pickup: r.req.Pickup, Dropoff: r.dropoff})
-	key := fmt.Sprintf("citysim-%d-%d", c.cfg.Seed, r.idx)
+	body, key := c.rideRequest(r)
 	var ride dispatch.RideView
 	attempts := c.attempts()
 	for attempt := 0; ; attempt++ {
@@ -78,6 +76,18 @@ func (c *city) ride(ctx context.Context, r *rideRec) {
 	}
 	c.track.created(r, ride.ID)
 	c.watch(ctx, tok, r)
+}
+
+// riderToken mints the token of request r's rider.
+func (c *city) riderToken(r *rideRec) (string, error) {
+	return c.target.Mint(fmt.Sprintf("sim-r%d", r.idx), dispatch.RoleRider)
+}
+
+// rideRequest is request r's POST /v1/rides body and Idempotency-Key,
+// the same on every attempt.
+func (c *city) rideRequest(r *rideRec) (body []byte, key string) {
+	body, _ = json.Marshal(rideBody{Pickup: r.req.Pickup, Dropoff: r.dropoff})
+	return body, fmt.Sprintf("citysim-%d-%d", c.cfg.Seed, r.idx)
 }
 
 // postRide sends the request; it returns the status (0 for a transport
