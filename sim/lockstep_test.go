@@ -3,12 +3,9 @@ package sim_test
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
-	"github.com/hexdispatch/hexdispatch/dispatch"
 	"github.com/hexdispatch/hexdispatch/internal/clock"
 	"github.com/hexdispatch/hexdispatch/internal/engine"
 	"github.com/hexdispatch/hexdispatch/sim"
@@ -18,29 +15,10 @@ import (
 // clock, in deterministic mode.
 func runDeterministic(t *testing.T, cfg sim.CityConfig, policy string) sim.Summary {
 	t.Helper()
-	v := clock.NewVirtual(time.Now())
-	ec := engine.DefaultConfig()
-	ec.Addr, ec.TokenSecret, ec.Partitions, ec.Policy, ec.Clock = "127.0.0.1:0", "city-test-secret-0123456789", 4, policy, v
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	e, err := engine.New(ctx, ec, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("engine: %v", err)
-		}
-	}()
-	signer := e.Signer()
-	target := sim.Target{BaseURL: "http://" + e.Addr().String(), Brokers: e.Brokers(), Clock: v, Quiesce: e.Quiesce,
-		Mint: func(sub string, role dispatch.Role) (string, error) {
-			return signer.Mint(dispatch.Claims{Subject: sub, Role: role, Expires: time.Now().Add(time.Hour)})
-		}}
-	s, _, err := sim.RunCity(ctx, target, cfg)
+	target := startEngine(t, func(ec *engine.Config) {
+		ec.Policy, ec.Clock = policy, clock.NewVirtual(time.Now())
+	})
+	s, _, err := sim.RunCity(context.Background(), target, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
