@@ -103,9 +103,10 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	}()
 	quietLog := log.With("component", "api")
 	clk := clock.Or(cfg.Clock)
+	v, virtual := cfg.virtual()
 	if cfg.Redis == "" {
 		m := miniredis.NewMiniRedis()
-		if v, ok := cfg.virtual(); ok {
+		if virtual {
 			followClock(m, v)
 		}
 		if err := m.StartAddr("127.0.0.1:0"); err != nil {
@@ -167,7 +168,7 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	a.load = dispatch.NewLoadMonitor(ldc)
 	dc := dispatch.DefaultDriversConfig()
 	dc.Sink, dc.Signer, dc.Logger, dc.Pressure, dc.Now = in.publisher, a.signer, quietLog, a.load.Pressure, clk.Now
-	if _, ok := cfg.virtual(); ok {
+	if virtual {
 		dc.Pressure = nil // shedding follows the machine's load, which no seed decides
 	}
 	// Set before the server serves; the closure breaks the construction
@@ -196,7 +197,7 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	pt := positions.Partitioner{ShardRes: geo.DefaultShardRes, Partitions: int32(cfg.Partitions)}
 	gc := matcher.DefaultGatherConfig()
 	gc.Partitioner = pt
-	if _, ok := cfg.virtual(); ok {
+	if virtual {
 		gc.Deadline = 5 * time.Second // a busy machine must not cut a gather short: no seed decides that
 	}
 	g, err := matcher.NewGatherer(owners, gc)
@@ -334,40 +335,55 @@ func (a *api) close() {
 // time. miniredis expires keys only when told to; its ClockTTL mode tells
 // it on every command and re-sorts every key each time, which over a
 // day's rides grew into seconds per command. Once per interval costs one
-// pass; a key outlives its TTL by up to the interval.
+// pass; a key outlives its TTL by up to about the interval.
 const embeddedExpireEvery = 2 * time.Second
+
+// ttlClock moves an embedded Redis's TTLs on as its clock (wall or
+// virtual) moves, at most once per embeddedExpireEvery.
+//
+// Concurrency: mu guards last.
+type ttlClock struct {
+	m    *miniredis.Miniredis
+	mu   sync.Mutex
+	last time.Time // when the TTLs last moved on
+}
+
+// moved tells m that its clock reads now.
+func (c *ttlClock) moved(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d := now.Sub(c.last); d >= embeddedExpireEvery {
+		c.m.FastForward(d)
+		c.last = now
+	}
+}
 
 // expireEmbedded moves the embedded Redis's TTLs on with the wall clock
 // until ctx ends.
 func (a *api) expireEmbedded(ctx context.Context) error {
-	t := time.NewTicker(embeddedExpireEvery)
+	tc := &ttlClock{m: a.mini, last: time.Now()}
+	// Checked four times an interval, so a tick that comes early does not
+	// skip a whole interval.
+	t := time.NewTicker(embeddedExpireEvery / 4)
 	defer t.Stop()
-	last := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case now := <-t.C:
-			a.mini.FastForward(now.Sub(last))
-			last = now
+			tc.moved(now)
 		}
 	}
 }
 
-// followClock makes m's time v's, and its TTLs move on with v's moves
-// (see embeddedExpireEvery), so that leases expire on the engine's clock.
+// followClock makes m's time v's, and its TTLs move on with v's moves, so
+// that leases expire on the engine's clock.
 func followClock(m *miniredis.Miniredis, v *clock.Virtual) {
-	var mu sync.Mutex
-	last := v.Now()
-	m.SetTime(last)
+	tc := &ttlClock{m: m, last: v.Now()}
+	m.SetTime(tc.last)
 	v.OnMove(func(t time.Time) {
-		mu.Lock()
-		defer mu.Unlock()
 		m.SetTime(t)
-		if d := t.Sub(last); d >= embeddedExpireEvery {
-			m.FastForward(d)
-			last = t
-		}
+		tc.moved(t)
 	})
 }
 
