@@ -225,7 +225,7 @@ func (s *search) wait() (woke, answer) {
 	}
 }
 
-// post queues a driver's answer; false when MaxAnswers already wait.
+// post queues a driver's answer; false when maxAns answers already wait.
 func (s *search) post(a answer) bool {
 	s.mu.Lock()
 	if len(s.answers) >= s.maxAns {
