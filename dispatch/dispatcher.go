@@ -349,6 +349,23 @@ func (d *Dispatcher) Close() {
 
 // Start begins the search for ride r (state requested).
 func (d *Dispatcher) Start(r Ride) error {
+	return d.start(r, true)
+}
+
+// SearchUntil is the deadline to track a search started at now with: its
+// SearchDeadline plus an offer's grace. RideStore.CreateSearching takes it.
+func (d *Dispatcher) SearchUntil(now time.Time) time.Time {
+	return now.Add(d.cfg.SearchDeadline + d.cfg.OfferTimeout)
+}
+
+// StartTracked is Start for a ride whose search is tracked already (it was
+// created by RideStore.CreateSearching with SearchUntil): it saves Start's
+// round trip to Redis on the way to the offer.
+func (d *Dispatcher) StartTracked(r Ride) error {
+	return d.start(r, false)
+}
+
+func (d *Dispatcher) start(r Ride, track bool) error {
 	ctx, cancel := clock.WithTimeout(d.base, d.clk, d.cfg.SearchDeadline)
 	s := newSearch(ctx, cancel, d.cfg.FanOut)
 	d.searchesMu.Lock()
@@ -370,9 +387,12 @@ func (d *Dispatcher) Start(r Ride) error {
 	// The sweep of any process ends this ride if this process dies before
 	// the search does: the deadline plus an offer's grace. Redis is called
 	// outside the lock, so a slow Redis delays only this request.
-	tctx, tcancel := context.WithTimeout(d.base, 2*time.Second)
-	err := d.cfg.Store.TrackSearch(tctx, r.ID, d.cfg.Now().Add(d.cfg.SearchDeadline+d.cfg.OfferTimeout))
-	tcancel()
+	var err error
+	if track {
+		tctx, tcancel := context.WithTimeout(d.base, 2*time.Second)
+		err = d.cfg.Store.TrackSearch(tctx, r.ID, d.SearchUntil(d.cfg.Now()))
+		tcancel()
+	}
 	if err != nil {
 		d.searchesMu.Lock()
 		delete(d.searches, r.ID)
@@ -594,12 +614,20 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 	log := d.cfg.Logger.With("ride", r.ID)
 	// Writes that must land even when the search is cancelled or timed out
 	// use final(ctx).
-	if err := d.apply(ctx, &r, Event{Kind: EvSearch}); err != nil {
-		d.errs.Add(1)
-		log.Warn("search: cannot start", "err", err)
-		return r
-	}
 	started := time.Now()
+	// Recording "searching" and finding the first driver overlap: the
+	// gather and the reservation need nothing from the ride's record, and
+	// the offer is recorded only once "searching" is (below), so the
+	// ride's events keep their order and one round trip to Redis leaves
+	// the path to the offer.
+	searching := make(chan error, 1)
+	recorded := r
+	go func() { searching <- d.apply(ctx, &recorded, Event{Kind: EvSearch}) }()
+	defer func() {
+		if searching != nil { // no Match ran (MaxOffers is at least 1, so only by a bug): still wait for it
+			<-searching
+		}
+	}()
 	var tried []positions.DriverID
 	// pause waits RetryEvery; false when the search ended meanwhile.
 	pause := func() bool {
@@ -617,8 +645,28 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 	for offers := 0; offers < d.cfg.MaxOffers; {
 		s.setFinding(true)
 		m, err := d.cfg.Finder.Match(ctx, matcher.MatchRequest{Ride: matcher.RideID(r.ID), Pickup: r.Pickup, Exclude: tried})
-		s.setFinding(false)
 		o := Offer{Driver: m.Driver.ID, Token: m.Token, ETA: m.ETA, DistanceM: m.Driver.DistanceM}
+		if searching != nil {
+			serr := <-searching
+			searching = nil
+			r = recorded
+			if serr != nil {
+				s.setFinding(false)
+				if err == nil { // a driver was reserved for a search that cannot go on
+					fctx, cancel := final(ctx)
+					d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
+					cancel()
+				}
+				if errors.Is(serr, ErrIllegalTransition) { // cancelled before its search started
+					log.Info("search: ride ended before its search started", "state", r.State)
+					return r
+				}
+				d.errs.Add(1)
+				log.Warn("search: cannot start", "err", serr)
+				return r
+			}
+		}
+		s.setFinding(false)
 		switch {
 		case ctx.Err() != nil:
 			if err == nil { // reserved just as the search ended: let the driver go

@@ -173,7 +173,7 @@ func (h *Rides) request(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, BadField("rider", "%v", err))
 		return
 	}
-	stored, created, err := h.cfg.Store.Create(r.Context(), ride)
+	stored, created, err := h.cfg.Store.CreateSearching(r.Context(), ride, h.cfg.Dispatcher.SearchUntil(h.cfg.Now()))
 	if err != nil {
 		WriteError(w, storeError(err))
 		return
@@ -182,7 +182,7 @@ func (h *Rides) request(w http.ResponseWriter, r *http.Request) {
 		h.cfg.Relay.Notify(id)
 	}
 	if stored.State == Requested {
-		if err := h.cfg.Dispatcher.Start(stored); err != nil {
+		if err := h.cfg.Dispatcher.StartTracked(stored); err != nil {
 			// At capacity or Redis trouble: no search runs for the ride.
 			// The 503 asks the rider to retry, and a retry with the same
 			// Idempotency-Key must start the search, not find the ride

@@ -37,6 +37,13 @@ type StoreConfig struct {
 	EndedTTL time.Duration
 	// MaxCASRetries bounds Update's compare-and-set attempts.
 	MaxCASRetries int
+	// Commands, when set, carries the store's single commands and scripts
+	// instead of the client given to NewRideStore: a
+	// *redis.AutoPipeliner over that client, so the commands of concurrent
+	// rides share round trips (one write and one read system call per batch
+	// instead of per command; see DESIGN.md). Pipelines and key scans stay
+	// on the client itself.
+	Commands redis.UniversalClient
 }
 
 // DefaultStoreConfig returns the defaults: prefix "hexd:", ended rides kept
@@ -69,7 +76,8 @@ func (c StoreConfig) Validate() error {
 //
 // Safe for concurrent use; all state lives in Redis.
 type RideStore struct {
-	rdb redis.UniversalClient
+	rdb redis.UniversalClient // pipelines and scans
+	cmd redis.UniversalClient // single commands and scripts: cfg.Commands, or rdb
 	cfg StoreConfig
 
 	entered [numStates]atomic.Uint64 // transitions into each state, by this process
@@ -92,7 +100,11 @@ func NewRideStore(rdb redis.UniversalClient, cfg StoreConfig) (*RideStore, error
 	if rdb == nil {
 		return nil, errors.New("store config: nil redis client")
 	}
-	return &RideStore{rdb: rdb, cfg: cfg}, nil
+	s := &RideStore{rdb: rdb, cmd: rdb, cfg: cfg}
+	if cfg.Commands != nil {
+		s.cmd = cfg.Commands
+	}
+	return s, nil
 }
 
 func (s *RideStore) key(id RideID) string { return s.cfg.Prefix + "ride:{" + string(id) + "}" }
@@ -126,6 +138,20 @@ return {1}
 // the stored ride and whether this call created it. When the ID exists and
 // was created by a different request, it returns ErrIdempotencyMismatch.
 func (s *RideStore) Create(ctx context.Context, r Ride) (Ride, bool, error) {
+	return s.create(ctx, r, time.Time{})
+}
+
+// CreateSearching is Create that also tracks the ride's search until
+// deadline (see TrackSearch), so that no created ride is ever untracked:
+// if this process dies before its search starts, any process's sweep
+// ends the ride after deadline. A retry keeps the deadline the ride has.
+// On a single Redis both go out in one pipeline, the tracking first (one
+// round trip); on a cluster the tracking is a call of its own.
+func (s *RideStore) CreateSearching(ctx context.Context, r Ride, deadline time.Time) (Ride, bool, error) {
+	return s.create(ctx, r, deadline)
+}
+
+func (s *RideStore) create(ctx context.Context, r Ride, track time.Time) (Ride, bool, error) {
 	data, err := json.Marshal(r)
 	if err != nil {
 		return Ride{}, false, err
@@ -135,9 +161,37 @@ func (s *RideStore) Create(ctx context.Context, r Ride) (Ride, bool, error) {
 	if err != nil {
 		return Ride{}, false, err
 	}
-	res, err := createScript.Run(ctx, s.rdb, []string{s.key(r.ID), s.outboxKey(r.ID)}, r.Version, data, fp, ev).Slice()
-	if err != nil {
-		return Ride{}, false, s.unavailable("create", err)
+	keys := []string{s.key(r.ID), s.outboxKey(r.ID)}
+	var res []any
+	if c, single := s.rdb.(*redis.Client); single && !track.IsZero() {
+		pipe := c.Pipeline()
+		zadd := pipe.ZAddNX(ctx, s.searchesKey(), redis.Z{Score: float64(track.UnixMilli()), Member: string(r.ID)})
+		cmd := createScript.EvalSha(ctx, pipe, keys, r.Version, data, fp, ev)
+		pipe.Exec(ctx) // errors are read per command below
+		switch {
+		case zadd.Err() != nil:
+			return Ride{}, false, s.unavailable("track search", zadd.Err())
+		case cmd.Err() == nil:
+			if res, err = cmd.Slice(); err != nil {
+				return Ride{}, false, s.unavailable("create", err)
+			}
+		case !redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT"):
+			return Ride{}, false, s.unavailable("create", cmd.Err())
+		}
+		track = time.Time{} // tracked; when the script was not loaded yet, Run below loads it
+	}
+	if !track.IsZero() {
+		if err := s.cmd.ZAddNX(ctx, s.searchesKey(), redis.Z{Score: float64(track.UnixMilli()), Member: string(r.ID)}).Err(); err != nil {
+			return Ride{}, false, s.unavailable("track search", err)
+		}
+	}
+	if res == nil {
+		if res, err = createScript.Run(ctx, s.cmd, keys, r.Version, data, fp, ev).Slice(); err != nil {
+			return Ride{}, false, s.unavailable("create", err)
+		}
+	}
+	if len(res) == 0 {
+		return Ride{}, false, fmt.Errorf("ride store: create %s: empty reply", r.ID)
 	}
 	if created, _ := res[0].(int64); created == 1 {
 		s.entered[Requested].Add(1)
@@ -155,7 +209,7 @@ func (s *RideStore) Create(ctx context.Context, r Ride) (Ride, bool, error) {
 
 // Get returns ride id.
 func (s *RideStore) Get(ctx context.Context, id RideID) (Ride, error) {
-	v, err := s.rdb.HGet(ctx, s.key(id), "data").Result()
+	v, err := s.cmd.HGet(ctx, s.key(id), "data").Result()
 	if errors.Is(err, redis.Nil) {
 		return Ride{}, fmt.Errorf("%w: %s", ErrRideNotFound, id)
 	}
@@ -320,7 +374,7 @@ func (s *RideStore) cas(ctx context.Context, id RideID, from uint64, next Ride, 
 			return nil, err
 		}
 	}
-	res, err := casScript.Run(ctx, s.rdb, keys, args...).Slice()
+	res, err := casScript.Run(ctx, s.cmd, keys, args...).Slice()
 	if err != nil {
 		return nil, s.unavailable("update", err)
 	}
@@ -354,7 +408,7 @@ func (s *RideStore) searchesKey() string { return s.cfg.Prefix + "searches" }
 
 // TrackSearch records that ride id is being searched until deadline.
 func (s *RideStore) TrackSearch(ctx context.Context, id RideID, deadline time.Time) error {
-	if err := s.rdb.ZAdd(ctx, s.searchesKey(), redis.Z{Score: float64(deadline.UnixMilli()), Member: string(id)}).Err(); err != nil {
+	if err := s.cmd.ZAdd(ctx, s.searchesKey(), redis.Z{Score: float64(deadline.UnixMilli()), Member: string(id)}).Err(); err != nil {
 		return s.unavailable("track search", err)
 	}
 	return nil
@@ -362,7 +416,7 @@ func (s *RideStore) TrackSearch(ctx context.Context, id RideID, deadline time.Ti
 
 // UntrackSearch records that the search of ride id ended.
 func (s *RideStore) UntrackSearch(ctx context.Context, id RideID) error {
-	if err := s.rdb.ZRem(ctx, s.searchesKey(), string(id)).Err(); err != nil {
+	if err := s.cmd.ZRem(ctx, s.searchesKey(), string(id)).Err(); err != nil {
 		return s.unavailable("untrack search", err)
 	}
 	return nil
@@ -371,7 +425,7 @@ func (s *RideStore) UntrackSearch(ctx context.Context, id RideID) error {
 // OverdueSearches returns up to limit rides whose search deadline passed
 // before now.
 func (s *RideStore) OverdueSearches(ctx context.Context, now time.Time, limit int64) ([]RideID, error) {
-	ids, err := s.rdb.ZRangeByScore(ctx, s.searchesKey(), &redis.ZRangeBy{
+	ids, err := s.cmd.ZRangeByScore(ctx, s.searchesKey(), &redis.ZRangeBy{
 		Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: limit,
 	}).Result()
 	if err != nil {
@@ -397,7 +451,7 @@ func (s *RideStore) tripsKey(st State) string { return s.cfg.Prefix + "trips:" +
 
 // trackTrip records that ride id has been in st since at.
 func (s *RideStore) trackTrip(ctx context.Context, st State, id RideID, at time.Time) error {
-	if err := s.rdb.ZAdd(ctx, s.tripsKey(st), redis.Z{Score: float64(at.UnixMilli()), Member: string(id)}).Err(); err != nil {
+	if err := s.cmd.ZAdd(ctx, s.tripsKey(st), redis.Z{Score: float64(at.UnixMilli()), Member: string(id)}).Err(); err != nil {
 		return s.unavailable("track trip", err)
 	}
 	return nil
@@ -405,7 +459,7 @@ func (s *RideStore) trackTrip(ctx context.Context, st State, id RideID, at time.
 
 // untrackTrip records that ride id left st.
 func (s *RideStore) untrackTrip(ctx context.Context, st State, id RideID) error {
-	if err := s.rdb.ZRem(ctx, s.tripsKey(st), string(id)).Err(); err != nil {
+	if err := s.cmd.ZRem(ctx, s.tripsKey(st), string(id)).Err(); err != nil {
 		return s.unavailable("untrack trip", err)
 	}
 	return nil
@@ -414,7 +468,7 @@ func (s *RideStore) untrackTrip(ctx context.Context, st State, id RideID) error 
 // stalledTrips returns up to limit rides tracked in st since cutoff or
 // earlier.
 func (s *RideStore) stalledTrips(ctx context.Context, st State, cutoff time.Time, limit int64) ([]RideID, error) {
-	ids, err := s.rdb.ZRangeByScore(ctx, s.tripsKey(st), &redis.ZRangeBy{
+	ids, err := s.cmd.ZRangeByScore(ctx, s.tripsKey(st), &redis.ZRangeBy{
 		Min: "-inf", Max: strconv.FormatInt(cutoff.UnixMilli(), 10), Count: limit,
 	}).Result()
 	if err != nil {

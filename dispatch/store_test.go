@@ -234,3 +234,55 @@ func TestStoreApplyFromTracksTrips(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreCreateSearchingTracksTheSearch: a ride created with its search
+// tracked is overdue after the deadline, a retry keeps the first deadline,
+// and the same holds with the store's single commands on an
+// AutoPipeliner (as the engine runs it) and with them on the plain client.
+func TestStoreCreateSearchingTracksTheSearch(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ap, err := rdb.AutoPipeline()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ap.Close() })
+	plain := dispatch.DefaultStoreConfig()
+	piped := dispatch.DefaultStoreConfig()
+	piped.Prefix, piped.Commands = "piped:", ap
+	for name, cfg := range map[string]dispatch.StoreConfig{"plain": plain, "autopipelined": piped} {
+		t.Run(name, func(t *testing.T) {
+			s, err := dispatch.NewRideStore(rdb, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			r, _ := dispatch.NewRide("r-"+dispatch.RideID(name), "u1", pickup, dropoff, t0)
+			deadline := t0.Add(time.Minute)
+			got, created, err := s.CreateSearching(ctx, r, deadline)
+			if err != nil || !created || got.State != dispatch.Requested {
+				t.Fatalf("create: %+v %v %v", got, created, err)
+			}
+			again, created, err := s.CreateSearching(ctx, r, deadline.Add(time.Hour))
+			if err != nil || created || again.ID != r.ID {
+				t.Fatalf("retry: %+v %v %v", again, created, err)
+			}
+			if ids, err := s.OverdueSearches(ctx, deadline.Add(-time.Millisecond), 10); err != nil || len(ids) != 0 {
+				t.Fatalf("overdue before the deadline: %v %v", ids, err)
+			}
+			if ids, err := s.OverdueSearches(ctx, deadline.Add(time.Millisecond), 10); err != nil || len(ids) != 1 || ids[0] != r.ID {
+				t.Fatalf("overdue after the first deadline: %v %v, want [%s] (the retry must not move it)", ids, err, r.ID)
+			}
+			// Writes go through the same commands client.
+			if _, err := s.ApplyFrom(ctx, got, dispatch.Event{Kind: dispatch.EvSearch, At: t0}); err != nil {
+				t.Fatal(err)
+			}
+			if cur, err := s.Get(ctx, r.ID); err != nil || cur.State != dispatch.Searching {
+				t.Fatalf("after searching: %+v %v", cur, err)
+			}
+			if n, err := rdb.LLen(ctx, cfg.Prefix+"outbox:{"+string(r.ID)+"}").Result(); err != nil || n != 2 {
+				t.Fatalf("outbox holds %d events (%v), want the request and searching", n, err)
+			}
+		})
+	}
+}

@@ -33,6 +33,7 @@ type api struct {
 	cfg    Config
 	mini   *miniredis.Miniredis // nil with -redis
 	rdb    *redis.Client
+	ap     *redis.AutoPipeliner
 	signer *dispatch.Signer
 	events *kgo.Client
 	relay  *dispatch.Relay
@@ -127,15 +128,25 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 		return nil, fmt.Errorf("-token-secret: %w", err)
 	}
 
+	// The ride path's Redis commands go through go-redis's automatic
+	// pipelining: the commands that concurrent rides issue while a batch is
+	// on the wire leave together as the next one, so under load a write and
+	// a read system call carry many commands instead of one each (they were
+	// a quarter of the engine's CPU at 500 rides/s; see BENCHMARKS.md).
+	if a.ap, err = a.rdb.AutoPipeline(); err != nil {
+		return nil, fmt.Errorf("redis autopipeline: %w", err)
+	}
 	lc := matcher.DefaultLeaseConfig()
 	if a.mini != nil {
 		lc.OpTimeout = time.Second // in-process: slow means busy, not down (see embeddedRedisOptions)
 	}
-	leases, err := matcher.NewLeases(a.rdb, lc)
+	leases, err := matcher.NewLeases(a.ap, lc)
 	if err != nil {
 		return nil, err
 	}
-	store, err := dispatch.NewRideStore(a.rdb, dispatch.DefaultStoreConfig())
+	sc := dispatch.DefaultStoreConfig()
+	sc.Commands = a.ap
+	store, err := dispatch.NewRideStore(a.rdb, sc)
 	if err != nil {
 		return nil, err
 	}
@@ -321,6 +332,9 @@ func (a *api) close() {
 	}
 	if a.outcomesCl != nil {
 		a.outcomesCl.Close()
+	}
+	if a.ap != nil {
+		a.ap.Close()
 	}
 	if a.rdb != nil {
 		a.rdb.Close()
