@@ -131,23 +131,41 @@ func (m *Greedy) Match(ctx context.Context, req MatchRequest) (Match, error) {
 		return Match{}, err
 	}
 	match := Match{Ride: req.Ride, Partial: gr.Partial, Ring: gr.Ring, RadiusM: gr.RadiusM}
-	for _, c := range Rank(gr.Candidates, req.Pickup, m.cfg.ETA) {
-		if slices.Contains(req.Exclude, c.ID) {
-			continue
-		}
-		if match.Tried == m.cfg.MaxAttempts {
-			break
-		}
+	// Candidates this process saw leased lately (Leases.Held) are passed
+	// over without a round trip, and tried last, in rank order, should
+	// nobody else be free.
+	ranked := Rank(gr.Candidates, req.Pickup, m.cfg.ETA)
+	var later []Ranked
+	try := func(c Ranked) (bool, error) {
 		match.Tried++
 		tok, err := m.leases.Reserve(ctx, c.ID, req.Ride, m.cfg.OfferTTL)
 		if errors.Is(err, ErrDriverTaken) {
-			continue
+			return false, nil
 		}
 		if err != nil {
-			return match, err
+			return false, err
 		}
 		match.Driver, match.ETA, match.Token = c.Candidate, c.ETA, tok
-		return match, nil
+		return true, nil
+	}
+	for pass := 0; pass < 2 && match.Tried < m.cfg.MaxAttempts; pass++ {
+		for _, c := range ranked {
+			if match.Tried == m.cfg.MaxAttempts {
+				break
+			}
+			if slices.Contains(req.Exclude, c.ID) {
+				continue
+			}
+			if pass == 0 && m.leases.Held(c.ID) {
+				m.leases.stats.skipped.Add(1)
+				later = append(later, c)
+				continue
+			}
+			if ok, err := try(c); ok || err != nil {
+				return match, err
+			}
+		}
+		ranked = later
 	}
 	return match, fmt.Errorf("ride %s: %d candidates within %.0f m, %d tried: %w", req.Ride, len(gr.Candidates), gr.RadiusM, match.Tried, ErrNoDriver)
 }

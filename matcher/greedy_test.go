@@ -63,9 +63,10 @@ func TestGreedyRanksByETAAndFallsBack(t *testing.T) {
 	if err != nil || first.Driver.ID != "d00" || first.Tried != 1 || first.Token <= 0 || first.ETA <= 0 {
 		t.Fatalf("first match = %+v, %v; want d00 at the first try", first, err)
 	}
+	// d00 is this process's (a held hint): passed over without a Reserve.
 	second, err := m.Match(ctx, matcher.MatchRequest{Ride: "r2", Pickup: nyc})
-	if err != nil || second.Driver.ID != "d01" || second.Tried != 2 {
-		t.Fatalf("second match = %+v, %v; want d01 after one contended try", second, err)
+	if err != nil || second.Driver.ID != "d01" || second.Tried != 1 || l.Stats().Skipped != 1 {
+		t.Fatalf("second match = %+v, %v, %d skipped; want d01 at the first try, d00 skipped on its hint", second, err, l.Stats().Skipped)
 	}
 	excl, err := m.Match(ctx, matcher.MatchRequest{Ride: "r3", Pickup: nyc, Exclude: []positions.DriverID{"d02"}})
 	if err != nil || excl.Driver.ID != "d03" {
@@ -80,6 +81,51 @@ func TestGreedyRanksByETAAndFallsBack(t *testing.T) {
 	}
 	if again, err := m.Match(ctx, matcher.MatchRequest{Ride: "r4", Pickup: nyc}); err != nil || again.Driver.ID != "d01" {
 		t.Fatalf("after decline = %+v, %v; want d01", again, err)
+	}
+}
+
+// TestGreedyHeldHints: a driver another process leased costs one Reserve,
+// after which this process passes it over; a hint that outlived the lease
+// (freed by the other process) is still tried when nobody else is free,
+// and a Release here drops the hint at once.
+func TestGreedyHeldHints(t *testing.T) {
+	here, srv, _ := newLeases(t)
+	other := redis.NewClient(testRedisOptions(srv.Addr))
+	t.Cleanup(func() { other.Close() })
+	elsewhere, err := matcher.NewLeases(other, testLeaseConfig()) // another process
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, g := smallCity(t, 2)
+	m := newGreedy(t, g, here, 0)
+	ctx := context.Background()
+
+	tok, err := elsewhere.Reserve(ctx, "d00", "r-other", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := m.Match(ctx, matcher.MatchRequest{Ride: "r1", Pickup: nyc})
+	if err != nil || first.Driver.ID != "d01" || first.Tried != 2 || !here.Held("d00") {
+		t.Fatalf("first = %+v, %v, d00 held %v; want d01 after one lost Reserve of d00, then d00 remembered", first, err, here.Held("d00"))
+	}
+	if err := elsewhere.Release(ctx, "d00", "r-other", tok); err != nil {
+		t.Fatal(err)
+	}
+	// d01 is r1's, d00 free but remembered as taken: the hint is the last resort, not a veto.
+	second, err := m.Match(ctx, matcher.MatchRequest{Ride: "r2", Pickup: nyc})
+	if err != nil || second.Driver.ID != "d00" {
+		t.Fatalf("second = %+v, %v; want the hinted d00, free again", second, err)
+	}
+	if err := here.Release(ctx, "d01", "r1", first.Token); err != nil {
+		t.Fatal(err)
+	}
+	if here.Held("d01") {
+		t.Fatal("d01 still held after this process released it")
+	}
+	skipped := here.Stats().Skipped
+	third, err := m.Match(ctx, matcher.MatchRequest{Ride: "r3", Pickup: nyc})
+	if err != nil || third.Driver.ID != "d01" || third.Tried != 1 || here.Stats().Skipped != skipped+1 {
+		t.Fatalf("third = %+v, %v; want d01 at once, d00 (r2's) skipped on its hint", third, err)
 	}
 }
 

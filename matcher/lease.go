@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -68,7 +69,18 @@ type LeaseConfig struct {
 	// this process count as one failure of the store, not several (see
 	// breaker). Zero lets the count alone open it.
 	BreakerSpan time.Duration
-	// Now is the breaker's clock.
+	// HeldHint is how long this process remembers a driver it saw leased
+	// (its own offers and trip locks, and reservations that lost to
+	// another ride), so that a match skips the driver without a round trip
+	// to Redis: drivers on a trip stay available in the index until their
+	// app reports so, and at hundreds of rides a second the best-ranked of
+	// them are mostly someone's already. A hint only: Redis stays the
+	// authority, a driver nobody remembers costs one Reserve, and one
+	// remembered after it was freed elsewhere is skipped for at most this
+	// long (and still tried when no other candidate is left). Zero turns
+	// the hints off.
+	HeldHint time.Duration
+	// Now is the breaker's and the hints' clock.
 	Now func() time.Time
 }
 
@@ -77,7 +89,7 @@ type LeaseConfig struct {
 func DefaultLeaseConfig() LeaseConfig {
 	return LeaseConfig{
 		KeyPrefix: "hexd:", OfferTTL: 15 * time.Second, TripTTL: 6 * time.Hour, OpTimeout: 250 * time.Millisecond,
-		BreakerFailures: 5, BreakerCooldown: time.Second, BreakerSpan: 250 * time.Millisecond, Now: time.Now,
+		BreakerFailures: 5, BreakerCooldown: time.Second, BreakerSpan: 250 * time.Millisecond, HeldHint: 5 * time.Second, Now: time.Now,
 	}
 }
 
@@ -95,6 +107,10 @@ func (c LeaseConfig) Validate() error {
 	case c.BreakerFailures > 0 && c.BreakerCooldown <= 0:
 		return fmt.Errorf("%w: BreakerCooldown %v must be positive with a breaker", ErrInvalidConfig, c.BreakerCooldown)
 	case c.BreakerFailures > 0 && c.Now == nil:
+		return fmt.Errorf("%w: Now is nil", ErrInvalidConfig)
+	case c.HeldHint < 0:
+		return fmt.Errorf("%w: HeldHint %v is negative", ErrInvalidConfig, c.HeldHint)
+	case c.HeldHint > 0 && c.Now == nil:
 		return fmt.Errorf("%w: Now is nil", ErrInvalidConfig)
 	case c.BreakerSpan < 0:
 		return fmt.Errorf("%w: BreakerSpan %v is negative", ErrInvalidConfig, c.BreakerSpan)
@@ -166,6 +182,11 @@ type Leases struct {
 	cfg     LeaseConfig
 	stats   leaseCounters
 	breaker *breaker // nil: off
+
+	// heldMu guards held: drivers seen leased, until when (HeldHint).
+	heldMu sync.Mutex
+	held   map[positions.DriverID]time.Time
+	hinted int // held entries added since the last prune
 }
 
 // LeaseStats counts lease outcomes since Leases was made; cmd exports
@@ -175,10 +196,11 @@ type LeaseStats struct {
 	Committed, CommitLost uint64 // Commit: won, token not current
 	Released, ReleaseLost uint64 // Release: done (or nothing left), another holder
 	Unavailable           uint64 // any call that failed to reach Redis
+	Skipped               uint64 // candidates a match passed over on a HeldHint
 }
 
 type leaseCounters struct {
-	reserved, taken, committed, commitLost, released, releaseLost, unavailable atomic.Uint64
+	reserved, taken, committed, commitLost, released, releaseLost, unavailable, skipped atomic.Uint64
 }
 
 // Stats returns the counters.
@@ -188,8 +210,53 @@ func (l *Leases) Stats() LeaseStats {
 		Reserved: c.reserved.Load(), Taken: c.taken.Load(),
 		Committed: c.committed.Load(), CommitLost: c.commitLost.Load(),
 		Released: c.released.Load(), ReleaseLost: c.releaseLost.Load(),
-		Unavailable: c.unavailable.Load(),
+		Unavailable: c.unavailable.Load(), Skipped: c.skipped.Load(),
 	}
+}
+
+// hint remembers driver as leased for HeldHint, or for d when shorter.
+func (l *Leases) hint(driver positions.DriverID, d time.Duration) {
+	if l.cfg.HeldHint <= 0 {
+		return
+	}
+	now := l.cfg.Now()
+	l.heldMu.Lock()
+	defer l.heldMu.Unlock()
+	if l.held == nil {
+		l.held = make(map[positions.DriverID]time.Time)
+	}
+	if l.hinted++; l.hinted >= 1024 && l.hinted >= len(l.held)/2 { // keep the map to the drivers hinted lately
+		l.hinted = 0
+		for id, until := range l.held {
+			if !now.Before(until) {
+				delete(l.held, id)
+			}
+		}
+	}
+	l.held[driver] = now.Add(min(d, l.cfg.HeldHint))
+}
+
+// forget drops driver's hint: this process released its lease.
+func (l *Leases) forget(driver positions.DriverID) {
+	if l.cfg.HeldHint <= 0 {
+		return
+	}
+	l.heldMu.Lock()
+	delete(l.held, driver)
+	l.heldMu.Unlock()
+}
+
+// Held reports whether this process saw driver leased within HeldHint
+// (see LeaseConfig.HeldHint): a hint, not the lease's state in Redis.
+func (l *Leases) Held(driver positions.DriverID) bool {
+	if l.cfg.HeldHint <= 0 {
+		return false
+	}
+	now := l.cfg.Now()
+	l.heldMu.Lock()
+	until, ok := l.held[driver]
+	l.heldMu.Unlock()
+	return ok && now.Before(until)
 }
 
 // NewLeases returns Leases over rdb.
@@ -310,9 +377,11 @@ func (l *Leases) Reserve(ctx context.Context, driver positions.DriverID, ride Ri
 	}
 	if n == 0 {
 		l.stats.taken.Add(1)
+		l.hint(driver, l.cfg.HeldHint)
 		return 0, fmt.Errorf("reserve driver %s for ride %s: %w", driver, ride, ErrDriverTaken)
 	}
 	l.stats.reserved.Add(1)
+	l.hint(driver, ttl)
 	return Token(n), nil
 }
 
@@ -350,6 +419,7 @@ func (l *Leases) Commit(ctx context.Context, driver positions.DriverID, ride Rid
 		return fmt.Errorf("commit driver %s to ride %s with token %d: %w", driver, ride, token, ErrLeaseLost)
 	}
 	l.stats.committed.Add(1)
+	l.hint(driver, l.cfg.HeldHint)
 	return nil
 }
 
@@ -389,6 +459,7 @@ func (l *Leases) Release(ctx context.Context, driver positions.DriverID, ride Ri
 		return fmt.Errorf("release driver %s from ride %s with token %d: %w", driver, ride, token, ErrLeaseLost)
 	}
 	l.stats.released.Add(1)
+	l.forget(driver)
 	return nil
 }
 
