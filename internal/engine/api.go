@@ -50,6 +50,7 @@ type api struct {
 	policy  *matcher.Switch
 	batcher *matcher.Batcher
 	store   *dispatch.RideStore
+	leases  *matcher.Leases
 	dev     bool // tokens use the dev secret: print some at start
 	// closing ends at shutdown, closing the rider WebSockets.
 	closing context.Context
@@ -144,6 +145,7 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 	if err != nil {
 		return nil, err
 	}
+	a.leases = leases
 	sc := dispatch.DefaultStoreConfig()
 	sc.Commands = a.ap
 	store, err := dispatch.NewRideStore(a.rdb, sc)
@@ -418,6 +420,7 @@ var (
 	descOffers          = prometheus.NewDesc("hexd_dispatch_offers_total", "Offers sent to drivers, by outcome.", []string{"outcome"}, nil)
 	descNoDriver        = prometheus.NewDesc("hexd_dispatch_no_driver_total", "Rides that ended with no driver.", nil, nil)
 	descDispatchErrors  = prometheus.NewDesc("hexd_dispatch_errors_total", "Errors inside ride searches.", nil, nil)
+	descLeases          = prometheus.NewDesc("hexd_leases_total", "Driver lease calls by result (reserved, taken: lost to another ride, committed, commit_lost, released, release_lost, unavailable: Redis not reached), and candidates a match skipped on a held hint (skipped).", []string{"result"}, nil)
 	descRelay           = prometheus.NewDesc("hexd_ride_events_total", "Ride events moved to Kafka, and relay errors.", []string{"result"}, nil)
 	descMatchLatency    = prometheus.NewDesc("hexd_match_latency_seconds", "Time from a ride request to its first offer.", nil, nil)
 	descRideStates      = prometheus.NewDesc("hexd_ride_transitions_total", "Rides this process moved into each state.", []string{"state"}, nil)
@@ -455,6 +458,11 @@ func (c apiCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descNoDriver, prometheus.CounterValue, float64(x.NoDriver))
 	ch <- prometheus.MustNewConstMetric(descDispatchErrors, prometheus.CounterValue, float64(x.Errors))
+	l := c.a.leases.Stats()
+	for result, v := range map[string]uint64{"reserved": l.Reserved, "taken": l.Taken, "committed": l.Committed, "commit_lost": l.CommitLost,
+		"released": l.Released, "release_lost": l.ReleaseLost, "unavailable": l.Unavailable, "skipped": l.Skipped} {
+		ch <- prometheus.MustNewConstMetric(descLeases, prometheus.CounterValue, float64(v), result)
+	}
 	r := c.a.relay.Stats()
 	ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(r.Produced), "produced")
 	ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(r.Errors), "error")
