@@ -226,6 +226,17 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	}
 	defer stop()
 	r.base = base
+	if env.Nice > 0 {
+		restore, err := lowerPriority(env.Nice)
+		if err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err := restore(); err != nil {
+				fmt.Fprintf(env.Progress, "hexbench: %v\n", err)
+			}
+		}()
+	}
 
 	// Everything below stops with runCtx and is waited for by g.
 	runCtx, cancel := context.WithCancel(ctx)
@@ -330,14 +341,22 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 		Errors: errs,
 		Note: fmt.Sprintf("request-to-offer at the driver's WebSocket (p50/p99 of the offered rides only: see errors); %d drivers on WebSockets, %d over HTTP (en_route/on_trip); "+
 			"positions %.0f/s (every driver every %v); %d requested, %d created; errors: %d HTTP, %d no offer in %v, %d skipped, %d driver frames, %d position posts; "+
-			"%d declines, %d trips completed, %d trip steps retried; sender lag p99 %.1f ms; "+
+			"%d declines, %d trips completed, %d trip steps retried; sender lag p99 %.1f ms%s; "+
 			"request to the engine's send p50 %.1f ms p99 %.1f ms, send to read p50 %.1f ms p99 %.1f ms, POST round trip p50 %.1f ms p99 %.1f ms; engine %s: %s",
 			w, len(r.http), positionsPerS, env.Refresh, r.requested.Load(), r.created.Load(), r.httpErrs.Load(), noOffer, e2eDrain, r.skipped.Load(),
-			r.driverErrs.Load(), r.positionErrs.Load(), r.declined.Load(), r.trips.Load(), r.retries.Load(), lag.Percentile(99)/1e3,
+			r.driverErrs.Load(), r.positionErrs.Load(), r.declined.Load(), r.trips.Load(), r.retries.Load(), lag.Percentile(99)/1e3, niceNote(env.Nice),
 			engine.Percentile(50)/1e3, engine.Percentile(99)/1e3, delivery.Percentile(50)/1e3, delivery.Percentile(99)/1e3,
 			post.Percentile(50)/1e3, post.Percentile(99)/1e3, rev, engineStats),
 	}
 	return []Result{res}, nil
+}
+
+// niceNote says when hexbench ran at a lower priority than the engine.
+func niceNote(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (hexbench at nice +%d, the engine at its own)", n)
 }
 
 // connectDrivers opens the WebSocket drivers' connections, sends each one's

@@ -55,6 +55,9 @@ type Env struct {
 	// APIProcs is how many api processes ws-conns spreads its
 	// connections over; 0 means as few as the open-file limit allows.
 	APIProcs int
+	// Nice lowers hexbench's own CPU priority by this much while
+	// match-e2e runs, once the engine is started (see lowerPriority).
+	Nice int
 }
 
 // Workload is one named benchmark.
