@@ -92,3 +92,38 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// TestVerifyRemembersOnlyWhatVerified: a token verified once verifies
+// again (from memory) until it expires, and remembering it lets no
+// altered token through.
+func TestVerifyRemembersOnlyWhatVerified(t *testing.T) {
+	s := newSigner(t)
+	now := time.Unix(1_700_000_000, 0)
+	c := dispatch.Claims{Subject: "d42", Role: dispatch.RoleDriver, Expires: now.Add(time.Minute)}
+	tok, err := s.Mint(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		got, err := s.Verify(tok, now)
+		if err != nil || got.Subject != "d42" || got.Role != dispatch.RoleDriver || !got.Expires.Equal(c.Expires) {
+			t.Fatalf("verify %d: %+v %v", i, got, err)
+		}
+	}
+	if _, err := s.Verify(tok, now.Add(time.Minute)); !errors.Is(err, dispatch.ErrTokenExpired) {
+		t.Fatalf("remembered token past its expiry: %v, want ErrTokenExpired", err)
+	}
+	payload, sig, _ := strings.Cut(tok, ".")
+	other, _ := s.Mint(dispatch.Claims{Subject: "d43", Role: dispatch.RoleDriver, Expires: now.Add(time.Minute)})
+	otherPayload, _, _ := strings.Cut(other, ".")
+	if _, err := s.Verify(otherPayload+"."+sig, now); !errors.Is(err, dispatch.ErrTokenSignature) {
+		t.Fatalf("d43's claims with d42's signature: %v, want ErrTokenSignature", err)
+	}
+	if _, err := s.Verify(payload+"."+sig[:len(sig)-2]+"AA", now); err == nil {
+		t.Fatal("altered signature verified")
+	}
+	foreign, _ := dispatch.NewSigner([]byte("another-secret-of-16+bytes"))
+	if _, err := foreign.Verify(tok, now); !errors.Is(err, dispatch.ErrTokenSignature) {
+		t.Fatalf("another secret: %v, want ErrTokenSignature", err)
+	}
+}
