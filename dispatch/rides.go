@@ -310,33 +310,40 @@ func (h *Rides) DriverAction(ctx context.Context, driver positions.DriverID, id 
 	if id == "" || len(id) > 64 {
 		return Ride{}, BadField("ride", "ride id must be 1 to 64 bytes")
 	}
-	ride, err := h.cfg.Store.Get(ctx, id)
-	if err != nil {
-		return Ride{}, storeError(err)
-	}
-	if ride.Driver != driver && !((kind == EvAccept || kind == EvDecline) && ride.State == Offered &&
-		h.cfg.Dispatcher.Offered(ride.ID, driver)) { // a fan-out round's other drivers may answer too
-		return Ride{}, storeError(ErrRideNotFound) // not yours: as if absent
-	}
 	switch kind {
-	case EvAccept, EvDecline:
-		if ride.State != Offered {
-			return Ride{}, storeError(fmt.Errorf("%w: %s in state %s", ErrIllegalTransition, kind, ride.State))
-		}
-		if !h.cfg.Dispatcher.Answer(ride.ID, driver, kind == EvAccept) {
-			return Ride{}, &APIError{Status: http.StatusConflict, Code: "no_pending_offer", Message: "no offer of this ride is waiting for your answer here"}
-		}
-		return ride, nil
 	case EvArrive, EvStart, EvComplete, EvDriverCancel:
-		// From the ride just read: no second read unless it moved on.
-		next, err := h.cfg.Store.ApplyFrom(ctx, ride, Event{Kind: kind, Driver: driver, At: h.cfg.Now()})
+		// From the store's latest copy of the ride when it has one (no
+		// read): the compare-and-set judges the copy, and the driver is
+		// checked on the ride the write lands on, never on a stale copy.
+		next, err := h.cfg.Store.applyChecked(ctx, id, Event{Kind: kind, Driver: driver, At: h.cfg.Now()}, func(cur Ride) error {
+			if cur.Driver != driver {
+				return fmt.Errorf("%w: %s", ErrRideNotFound, id) // not yours: as if absent
+			}
+			return nil
+		})
 		if err != nil {
 			return Ride{}, storeError(err)
 		}
 		h.ended(ctx, next)
 		return next, nil
+	case EvAccept, EvDecline:
+	default:
+		return Ride{}, BadField("type", "%s is not a driver action", kind)
 	}
-	return Ride{}, BadField("type", "%s is not a driver action", kind)
+	ride, err := h.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return Ride{}, storeError(err)
+	}
+	if ride.Driver != driver && !(ride.State == Offered && h.cfg.Dispatcher.Offered(ride.ID, driver)) { // a fan-out round's other drivers may answer too
+		return Ride{}, storeError(ErrRideNotFound) // not yours: as if absent
+	}
+	if ride.State != Offered {
+		return Ride{}, storeError(fmt.Errorf("%w: %s in state %s", ErrIllegalTransition, kind, ride.State))
+	}
+	if !h.cfg.Dispatcher.Answer(ride.ID, driver, kind == EvAccept) {
+		return Ride{}, &APIError{Status: http.StatusConflict, Code: "no_pending_offer", Message: "no offer of this ride is waiting for your answer here"}
+	}
+	return ride, nil
 }
 
 // driverStep serves DriverAction over HTTP.

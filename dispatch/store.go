@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -81,6 +82,42 @@ type RideStore struct {
 	cfg StoreConfig
 
 	entered [numStates]atomic.Uint64 // transitions into each state, by this process
+
+	// recentMu guards recent: the last version of each unfinished ride
+	// this store wrote or read (up to recentCap, then it starts again). A
+	// write that holds no copy of its ride (a driver's trip step) starts
+	// from it instead of reading Redis; the compare-and-set judges the
+	// copy, and a stale one costs one attempt that returns the ride as
+	// stored, so this saves a round trip and never changes an outcome.
+	recentMu sync.Mutex
+	recent   map[RideID]Ride
+}
+
+// recentCap bounds the rides remembered (about 500 bytes each).
+const recentCap = 1 << 16
+
+// remember keeps r as its ride's latest known version.
+func (s *RideStore) remember(r Ride) {
+	s.recentMu.Lock()
+	defer s.recentMu.Unlock()
+	if r.State.Terminal() {
+		delete(s.recent, r.ID)
+		return
+	}
+	if s.recent == nil || len(s.recent) >= recentCap {
+		s.recent = make(map[RideID]Ride)
+	}
+	if old, ok := s.recent[r.ID]; !ok || old.Version < r.Version {
+		s.recent[r.ID] = r
+	}
+}
+
+// recall returns the latest version of ride id this store knows of.
+func (s *RideStore) recall(id RideID) (Ride, bool) {
+	s.recentMu.Lock()
+	defer s.recentMu.Unlock()
+	r, ok := s.recent[id]
+	return r, ok
 }
 
 // Entered returns how many rides this store moved into state s (created,
@@ -195,6 +232,7 @@ func (s *RideStore) create(ctx context.Context, r Ride, track time.Time) (Ride, 
 	}
 	if created, _ := res[0].(int64); created == 1 {
 		s.entered[Requested].Add(1)
+		s.remember(r)
 		return r, true, nil
 	}
 	if len(res) < 3 {
@@ -216,7 +254,11 @@ func (s *RideStore) Get(ctx context.Context, id RideID) (Ride, error) {
 	if err != nil {
 		return Ride{}, s.unavailable("get", err)
 	}
-	return decodeRide(v)
+	r, err := decodeRide(v)
+	if err == nil {
+		s.remember(r)
+	}
+	return r, err
 }
 
 // casScript: KEYS ride, outbox; ARGV expected version, next version, next
@@ -278,6 +320,8 @@ func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, ev Event,
 	have, fresh := false, false
 	if known != nil && known.ID == id && known.Version > 0 {
 		cur, have = *known, true
+	} else if r, ok := s.recall(id); ok {
+		cur, have = r, true
 	}
 	for range s.cfg.MaxCASRetries {
 		if !have {
@@ -327,6 +371,7 @@ func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, ev Event,
 		switch {
 		case code == 1:
 			s.entered[next.State].Add(1)
+			s.remember(next)
 			if assigned(cur.State) && next.State != cur.State {
 				s.untrackTrip(ctx, cur.State, id) // best effort: the sweep drops stale entries
 			}
@@ -338,6 +383,7 @@ func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, ev Event,
 			if cur, err = decodeRide(res[1]); err != nil {
 				return Ride{}, err
 			}
+			s.remember(cur)
 			have, fresh = true, true
 		default:
 			return Ride{}, fmt.Errorf("ride store: update %s: malformed reply %v", id, res)

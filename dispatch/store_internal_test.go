@@ -53,3 +53,51 @@ func TestCASResendIsIdempotent(t *testing.T) {
 		t.Fatalf("a conflicting write got %d, want 0", n)
 	}
 }
+
+// TestRecentCopyNeverDecides: a store writing from its remembered copy of a
+// ride that another process moved on writes onto the ride as stored, and a
+// check or the state machine judges only the stored ride.
+func TestRecentCopyNeverDecides(t *testing.T) {
+	srv := redistest.Start(t)
+	here, err := NewRideStore(srv.Client(t), DefaultStoreConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	there, err := NewRideStore(srv.Client(t), DefaultStoreConfig()) // another process
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	at := time.Unix(100, 0)
+	r, _ := NewRide("r-recent", "u1", geo.LatLng{Lat: 1, Lng: 1}, geo.LatLng{Lat: 2, Lng: 2}, at)
+	if _, _, err := here.Create(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := here.recall(r.ID); !ok || got.Version != 1 {
+		t.Fatalf("here remembers %+v %v, want version 1", got, ok)
+	}
+	if _, err := there.Apply(ctx, r.ID, Event{Kind: EvSearch, At: at}); err != nil {
+		t.Fatal(err)
+	}
+	// here's copy (requested, v1) is stale; a check that refuses
+	// "searching" must see the stored ride, not pass on the copy.
+	seen := []State{}
+	_, err = here.applyChecked(ctx, r.ID, Event{Kind: EvRiderCancel, At: at}, func(cur Ride) error {
+		seen = append(seen, cur.State)
+		if cur.State == Searching {
+			return ErrConflict
+		}
+		return nil
+	})
+	if err != ErrConflict || len(seen) != 2 || seen[0] != Requested || seen[1] != Searching {
+		t.Fatalf("check saw %v, err %v; want the stale copy then the stored ride refused", seen, err)
+	}
+	// Without the check the cancel lands on the stored version.
+	got, err := here.applyChecked(ctx, r.ID, Event{Kind: EvRiderCancel, At: at}, nil)
+	if err != nil || got.Version != 3 || got.State != CancelledByRider {
+		t.Fatalf("cancel from a stale copy: %+v %v, want version 3 cancelled", got, err)
+	}
+	if _, ok := here.recall(r.ID); ok {
+		t.Fatal("an ended ride is still remembered")
+	}
+}
