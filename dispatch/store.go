@@ -75,7 +75,8 @@ func (c StoreConfig) Validate() error {
 // same ride, and the fingerprint tells a retry from a different request
 // reusing the key.
 //
-// Safe for concurrent use; all state lives in Redis.
+// Safe for concurrent use. All state lives in Redis; the process keeps
+// only copies that a compare-and-set judges (see recent).
 type RideStore struct {
 	rdb redis.UniversalClient // pipelines and scans
 	cmd redis.UniversalClient // single commands and scripts: cfg.Commands, or rdb

@@ -176,7 +176,8 @@ func FailFastOptions(addr string) *redis.Options {
 // it with appendonly, and the matcher's Available filter (drivers on a trip
 // report on_trip) is the second guard.
 //
-// Leases is safe for concurrent use; all state lives in Redis.
+// Leases is safe for concurrent use. All lease state lives in Redis; the
+// process keeps only hints (see LeaseConfig.HeldHint).
 type Leases struct {
 	rdb     redis.UniversalClient
 	cfg     LeaseConfig
