@@ -708,6 +708,10 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 			d.matchLatency.Observe(time.Since(started))
 		}
 		expires := d.cfg.Now().Add(d.cfg.OfferTimeout)
+		// The round is open to answers before its offers leave: a driver
+		// may answer before this goroutine reaches await (the answer
+		// waits in the mailbox), and must not be told no offer waits.
+		s.setOffered(round)
 		var live []Offer
 		for _, x := range round {
 			if d.cfg.Notifier.Send(x.Driver, OfferMessage{Type: "offer", Ride: r.ID, Pickup: r.Pickup, Dropoff: r.Dropoff,
@@ -721,6 +725,7 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 			d.releaseAll(ctx, r.ID, []Offer{x})
 		}
 		if len(live) == 0 {
+			s.setOffered(nil)
 			fctx, cancel := final(ctx)
 			d.apply(fctx, &r, Event{Kind: EvOfferTimeout, Driver: o.Driver})
 			cancel()

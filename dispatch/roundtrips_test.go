@@ -202,3 +202,63 @@ func TestRideRoundTrips(t *testing.T) {
 		t.Errorf("one ride: %d round trips, budget %d", total, want)
 	}
 }
+
+// answersAtOnce accepts every offer from inside Send, before the search
+// can reach its wait: the fastest driver there can be.
+type answersAtOnce struct {
+	disp     **dispatch.Dispatcher
+	answered chan bool
+}
+
+func (a answersAtOnce) Send(driver positions.DriverID, msg any) bool {
+	if m, ok := msg.(dispatch.OfferMessage); ok {
+		a.answered <- (*a.disp).Answer(m.Ride, driver, true)
+	}
+	return true
+}
+
+// TestAnswerBeforeTheSearchWaits: an accept that arrives while the offer
+// is still being sent is taken, not refused as "no pending offer".
+func TestAnswerBeforeTheSearchWaits(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	store, err := dispatch.NewRideStore(rdb, dispatch.DefaultStoreConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases, err := matcher.NewLeases(rdb, matcher.DefaultLeaseConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var disp *dispatch.Dispatcher
+	n := answersAtOnce{disp: &disp, answered: make(chan bool, 1)}
+	xc := dispatch.DefaultDispatcherConfig()
+	xc.Store, xc.Finder, xc.Leases, xc.Notifier, xc.Logger = store, oneDriver{leases: leases, id: "d1"}, leases, n, quiet
+	if disp, err = dispatch.NewDispatcher(xc); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(disp.Close)
+	r, _ := dispatch.NewRide("r-fast", "u1", pickup, dropoff, time.Now())
+	if _, _, err := store.CreateSearching(ctx, r, disp.SearchUntil(time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	if err := disp.StartTracked(r); err != nil {
+		t.Fatal(err)
+	}
+	if !<-n.answered {
+		t.Fatal("the accept sent with the offer was refused")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := store.Get(ctx, r.ID)
+		if err == nil && got.State == dispatch.Accepted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ride %+v (%v), want accepted", got, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
