@@ -138,6 +138,7 @@ func newAPI(ctx context.Context, cfg Config, log *slog.Logger, in *ingest, metri
 		return nil, fmt.Errorf("redis autopipeline: %w", err)
 	}
 	lc := matcher.DefaultLeaseConfig()
+	lc.Now = clk.Now // the held hints age on the engine's clock, virtual or not
 	if a.mini != nil {
 		lc.OpTimeout = time.Second // in-process: slow means busy, not down (see embeddedRedisOptions)
 	}
