@@ -189,7 +189,7 @@ func (s *RideStore) CreateSearching(ctx context.Context, r Ride, deadline time.T
 	return s.create(ctx, r, deadline)
 }
 
-func (s *RideStore) create(ctx context.Context, r Ride, track time.Time) (Ride, bool, error) {
+func (s *RideStore) create(ctx context.Context, r Ride, deadline time.Time) (Ride, bool, error) {
 	data, err := json.Marshal(r)
 	if err != nil {
 		return Ride{}, false, err
@@ -199,34 +199,15 @@ func (s *RideStore) create(ctx context.Context, r Ride, track time.Time) (Ride, 
 	if err != nil {
 		return Ride{}, false, err
 	}
-	keys := []string{s.key(r.ID), s.outboxKey(r.ID)}
-	var res []any
-	if c, single := s.rdb.(*redis.Client); single && !track.IsZero() {
-		pipe := c.Pipeline()
-		zadd := pipe.ZAddNX(ctx, s.searchesKey(), redis.Z{Score: float64(track.UnixMilli()), Member: string(r.ID)})
-		cmd := createScript.EvalSha(ctx, pipe, keys, r.Version, data, fp, ev)
-		pipe.Exec(ctx) // errors are read per command below
-		switch {
-		case zadd.Err() != nil:
-			return Ride{}, false, s.unavailable("track search", zadd.Err())
-		case cmd.Err() == nil:
-			if res, err = cmd.Slice(); err != nil {
-				return Ride{}, false, s.unavailable("create", err)
-			}
-		case !redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT"):
-			return Ride{}, false, s.unavailable("create", cmd.Err())
-		}
-		track = time.Time{} // tracked; when the script was not loaded yet, Run below loads it
-	}
-	if !track.IsZero() {
-		if err := s.cmd.ZAddNX(ctx, s.searchesKey(), redis.Z{Score: float64(track.UnixMilli()), Member: string(r.ID)}).Err(); err != nil {
-			return Ride{}, false, s.unavailable("track search", err)
+	var track func(redis.Cmdable) *redis.IntCmd
+	if !deadline.IsZero() {
+		track = func(c redis.Cmdable) *redis.IntCmd {
+			return c.ZAddNX(ctx, s.searchesKey(), redis.Z{Score: float64(deadline.UnixMilli()), Member: string(r.ID)})
 		}
 	}
-	if res == nil {
-		if res, err = createScript.Run(ctx, s.cmd, keys, r.Version, data, fp, ev).Slice(); err != nil {
-			return Ride{}, false, s.unavailable("create", err)
-		}
+	res, err := s.runTracked(ctx, track, "track search", createScript, "create", []string{s.key(r.ID), s.outboxKey(r.ID)}, r.Version, data, fp, ev)
+	if err != nil {
+		return Ride{}, false, err
 	}
 	if len(res) == 0 {
 		return Ride{}, false, fmt.Errorf("ride store: create %s: empty reply", r.ID)
@@ -394,36 +375,53 @@ func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, ev Event,
 }
 
 // cas runs casScript from version from to next, after tracking next's
-// trip state when track is set. On a single Redis the ZADD and the script
-// go out in one pipeline (one round trip; Redis runs a connection's
-// commands in order, so the entry still lands first); on a cluster they
-// live on different nodes and go one after the other.
+// trip state when track is set.
 func (s *RideStore) cas(ctx context.Context, id RideID, from uint64, next Ride, data []byte, ttl int64, out []byte, track bool) ([]any, error) {
-	keys := []string{s.key(id), s.outboxKey(id)}
-	args := []any{strconv.FormatUint(from, 10), strconv.FormatUint(next.Version, 10), data, ttl, out}
-	if c, single := s.rdb.(*redis.Client); track && single {
-		pipe := c.Pipeline()
-		zadd := pipe.ZAdd(ctx, s.tripsKey(next.State), redis.Z{Score: float64(next.UpdatedAt.UnixMilli()), Member: string(id)})
-		res := casScript.EvalSha(ctx, pipe, keys, args...)
-		pipe.Exec(ctx) // errors are read per command below
-		switch err := zadd.Err(); {
-		case err != nil:
-			return nil, s.unavailable("track trip", err)
-		case res.Err() == nil:
-			return res.Slice()
-		case !redis.HasErrorPrefix(res.Err(), "NOSCRIPT"):
-			return nil, s.unavailable("update", res.Err())
-		}
-		track = false // tracked; the script was not loaded yet: Run below loads it
-	}
+	var tracking func(redis.Cmdable) *redis.IntCmd
 	if track {
-		if err := s.trackTrip(ctx, next.State, id, next.UpdatedAt); err != nil {
-			return nil, err
+		tracking = func(c redis.Cmdable) *redis.IntCmd {
+			return c.ZAdd(ctx, s.tripsKey(next.State), redis.Z{Score: float64(next.UpdatedAt.UnixMilli()), Member: string(id)})
 		}
 	}
-	res, err := casScript.Run(ctx, s.cmd, keys, args...).Slice()
+	return s.runTracked(ctx, tracking, "track trip", casScript, "update", []string{s.key(id), s.outboxKey(id)},
+		strconv.FormatUint(from, 10), strconv.FormatUint(next.Version, 10), data, ttl, out)
+}
+
+// runTracked runs script on keys, after track (when set) has added the
+// ride to one of the sorted sets the sweeps read, so that the entry lands
+// first. On a single Redis the ZADD and the script go out in one pipeline
+// (one round trip; Redis runs a connection's commands in order); on a
+// cluster they live on different nodes and go one after the other.
+// Failures to reach Redis are ErrStoreUnavailable, named trackOp or op.
+func (s *RideStore) runTracked(ctx context.Context, track func(redis.Cmdable) *redis.IntCmd, trackOp string,
+	script *redis.Script, op string, keys []string, args ...any) ([]any, error) {
+	if c, single := s.rdb.(*redis.Client); track != nil && single {
+		pipe := c.Pipeline()
+		zadd := track(pipe)
+		res := script.EvalSha(ctx, pipe, keys, args...)
+		pipe.Exec(ctx) // errors are read per command below
+		switch {
+		case zadd.Err() != nil:
+			return nil, s.unavailable(trackOp, zadd.Err())
+		case res.Err() == nil:
+			v, err := res.Slice()
+			if err != nil {
+				return nil, s.unavailable(op, err)
+			}
+			return v, nil
+		case !redis.HasErrorPrefix(res.Err(), "NOSCRIPT"):
+			return nil, s.unavailable(op, res.Err())
+		}
+		track = nil // tracked; the script was not loaded yet: Run below loads it
+	}
+	if track != nil {
+		if err := track(s.cmd).Err(); err != nil {
+			return nil, s.unavailable(trackOp, err)
+		}
+	}
+	res, err := script.Run(ctx, s.cmd, keys, args...).Slice()
 	if err != nil {
-		return nil, s.unavailable("update", err)
+		return nil, s.unavailable(op, err)
 	}
 	return res, nil
 }
