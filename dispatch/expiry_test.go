@@ -72,14 +72,7 @@ func (nobodyFree) Match(context.Context, matcher.MatchRequest) (matcher.Match, e
 func TestAbandonedTripsExpire(t *testing.T) {
 	ctx := context.Background()
 	rdb := redistest.Start(t).Client(t)
-	store, err := dispatch.NewRideStore(rdb, dispatch.DefaultStoreConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	leases, err := matcher.NewLeases(rdb, matcher.DefaultLeaseConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, leases := storeAndLeases(t, rdb)
 	clock := &manualClock{now: t0}
 	sent := &sentTo{msgs: map[positions.DriverID][]any{}}
 	xc := dispatch.DefaultDispatcherConfig()

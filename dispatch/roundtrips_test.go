@@ -112,14 +112,7 @@ func TestRideRoundTrips(t *testing.T) {
 	ctx := context.Background()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 
-	store, err := dispatch.NewRideStore(rdb, dispatch.DefaultStoreConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	leases, err := matcher.NewLeases(rdb, matcher.DefaultLeaseConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, leases := storeAndLeases(t, rdb)
 	const driver = positions.DriverID("d1")
 	sent := make(offers, 1)
 	xc := dispatch.DefaultDispatcherConfig()
@@ -224,15 +217,11 @@ func TestAnswerBeforeTheSearchWaits(t *testing.T) {
 	rdb := srv.Client(t)
 	ctx := context.Background()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	store, err := dispatch.NewRideStore(rdb, dispatch.DefaultStoreConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	leases, err := matcher.NewLeases(rdb, matcher.DefaultLeaseConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var disp *dispatch.Dispatcher
+	store, leases := storeAndLeases(t, rdb)
+	var (
+		disp *dispatch.Dispatcher
+		err  error
+	)
 	n := answersAtOnce{disp: &disp, answered: make(chan bool, 1)}
 	xc := dispatch.DefaultDispatcherConfig()
 	xc.Store, xc.Finder, xc.Leases, xc.Notifier, xc.Logger = store, oneDriver{leases: leases, id: "d1"}, leases, n, quiet

@@ -7,9 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/hexdispatch/hexdispatch/dispatch"
 	"github.com/hexdispatch/hexdispatch/geo"
 	"github.com/hexdispatch/hexdispatch/internal/redistest"
+	"github.com/hexdispatch/hexdispatch/matcher"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
@@ -21,6 +24,20 @@ func newStore(t *testing.T) (*dispatch.RideStore, *redistest.Server) {
 		t.Fatal(err)
 	}
 	return s, srv
+}
+
+// storeAndLeases is a ride store and leases over rdb, with the defaults.
+func storeAndLeases(t *testing.T, rdb redis.UniversalClient) (*dispatch.RideStore, *matcher.Leases) {
+	t.Helper()
+	store, err := dispatch.NewRideStore(rdb, dispatch.DefaultStoreConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases, err := matcher.NewLeases(rdb, matcher.DefaultLeaseConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store, leases
 }
 
 func TestStoreCreateIsIdempotent(t *testing.T) {
