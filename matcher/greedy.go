@@ -136,19 +136,7 @@ func (m *Greedy) Match(ctx context.Context, req MatchRequest) (Match, error) {
 	// nobody else be free.
 	ranked := Rank(gr.Candidates, req.Pickup, m.cfg.ETA)
 	var later []Ranked
-	try := func(c Ranked) (bool, error) {
-		match.Tried++
-		tok, err := m.leases.Reserve(ctx, c.ID, req.Ride, m.cfg.OfferTTL)
-		if errors.Is(err, ErrDriverTaken) {
-			return false, nil
-		}
-		if err != nil {
-			return false, err
-		}
-		match.Driver, match.ETA, match.Token = c.Candidate, c.ETA, tok
-		return true, nil
-	}
-	for pass := 0; pass < 2 && match.Tried < m.cfg.MaxAttempts; pass++ {
+	for pass := 0; pass < 2; pass++ {
 		for _, c := range ranked {
 			if match.Tried == m.cfg.MaxAttempts {
 				break
@@ -161,9 +149,16 @@ func (m *Greedy) Match(ctx context.Context, req MatchRequest) (Match, error) {
 				later = append(later, c)
 				continue
 			}
-			if ok, err := try(c); ok || err != nil {
+			match.Tried++
+			tok, err := m.leases.Reserve(ctx, c.ID, req.Ride, m.cfg.OfferTTL)
+			if errors.Is(err, ErrDriverTaken) {
+				continue
+			}
+			if err != nil {
 				return match, err
 			}
+			match.Driver, match.ETA, match.Token = c.Candidate, c.ETA, tok
+			return match, nil
 		}
 		ranked = later
 	}
