@@ -16,16 +16,12 @@ import (
 // matching RLIMIT_NICE; when it fails, later engines of the same run
 // inherit the lower priority, and restore says so.
 func lowerPriority(n int) (restore func() error, err error) {
-	tasks, err := os.ReadDir("/proc/self/task")
+	tids, err := threads()
 	if err != nil {
-		return nil, fmt.Errorf("-nice: listing this process's threads (Linux only): %w", err)
+		return nil, err
 	}
 	was := map[int]int{}
-	for _, t := range tasks {
-		tid, err := strconv.Atoi(t.Name())
-		if err != nil {
-			continue
-		}
+	for _, tid := range tids {
 		// getpriority returns 20 - nice for the raw system call (see
 		// getpriority(2)); syscall.Getpriority is that raw call.
 		p, err := syscall.Getpriority(syscall.PRIO_PROCESS, tid)
@@ -42,16 +38,12 @@ func lowerPriority(n int) (restore func() error, err error) {
 		return nil, fmt.Errorf("-nice: could not lower the priority of any thread")
 	}
 	return func() error {
-		tasks, err := os.ReadDir("/proc/self/task")
+		tids, err := threads()
 		if err != nil {
 			return err
 		}
 		var failed error
-		for _, t := range tasks {
-			tid, err := strconv.Atoi(t.Name())
-			if err != nil {
-				continue
-			}
+		for _, tid := range tids {
 			nice, ok := was[tid]
 			if !ok { // started since: it was cloned at the lower priority
 				nice = was[os.Getpid()]
@@ -62,4 +54,19 @@ func lowerPriority(n int) (restore func() error, err error) {
 		}
 		return failed
 	}, nil
+}
+
+// threads lists the IDs of this process's threads.
+func threads() ([]int, error) {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, fmt.Errorf("-nice: listing this process's threads (Linux only): %w", err)
+	}
+	var tids []int
+	for _, t := range tasks {
+		if tid, err := strconv.Atoi(t.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	return tids, nil
 }
