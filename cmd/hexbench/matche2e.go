@@ -109,6 +109,8 @@ const (
 	// compressed to three seconds.
 	e2eStepDelay = time.Second
 	e2eMaxTries  = 30
+	// e2eRequestTimeout bounds every HTTP request hexbench sends.
+	e2eRequestTimeout = 30 * time.Second
 	// e2eStepWorkers post trip steps at once (HTTP keep-alive
 	// connections).
 	e2eStepWorkers = 32
@@ -257,11 +259,15 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 
 	fmt.Fprintf(env.Progress, "hexbench: match-e2e: %d drivers online, %d on WebSockets, from %d source addresses ...\n", n, w, r.dialer.SourceAddrs())
 	t0 := time.Now()
-	g.Go(func() error { return r.stepper(gctx, r.dialer.httpClient(e2eStepWorkers)) })
+	steppers, err := r.hostClient(e2eStepWorkers)
+	if err != nil {
+		return nil, err
+	}
+	g.Go(func() error { return r.stepper(gctx, steppers) })
 	if err := r.connectDrivers(gctx, g); err != nil {
 		return nil, err
 	}
-	drivers, err := r.positionClient()
+	drivers, err := r.hostClient(128)
 	if err != nil {
 		return nil, err
 	}
@@ -277,7 +283,10 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	}
 	fmt.Fprintf(env.Progress, "hexbench: match-e2e: %d drivers in the index after %.1fs; rides at %.0f/s for %v ...\n", n, time.Since(t0).Seconds(), env.Rate, env.Duration)
 
-	riders := r.dialer.httpClient(1024)
+	riders, err := r.hostClient(1024)
+	if err != nil {
+		return nil, err
+	}
 	if peer != nil {
 		peer.Client.ConfigResetStat(ctx) // count the rides' commands, not the start's
 	}
@@ -422,28 +431,48 @@ func (r *e2eRun) sendPositionFrame(ctx context.Context, c *websocket.Conn, f dis
 	return nil
 }
 
-// positionClient posts the HTTP drivers' positions. It is fasthttp's
-// rather than net/http's: hexbench shares the two cores with the engine,
-// and net/http's client hands each request to a writer and a reader
-// goroutine and allocates it anew, a sixth of hexbench's CPU at 3,300
-// posts a second. Connections come from the spreading dialer and stay
-// open (128 at most).
-func (r *e2eRun) positionClient() (*fasthttp.HostClient, error) {
+// hostClient is the engine's HTTP client for positions, ride requests and
+// trip steps, with at most conns connections. It is fasthttp's rather
+// than net/http's: hexbench shares the two cores with the engine, and
+// net/http's client hands each request to a writer and a reader goroutine
+// (two wake-ups hexbench's clock counts on the ride path) and allocates it
+// anew, a sixth of hexbench's CPU at 3,300 position posts a second.
+// Connections come from the spreading dialer and stay open.
+func (r *e2eRun) hostClient(conns int) (*fasthttp.HostClient, error) {
 	u, err := url.Parse(r.base)
 	if err != nil {
 		return nil, err
 	}
 	return &fasthttp.HostClient{
 		Addr:     u.Host,
-		MaxConns: 128,
+		MaxConns: conns,
 		Dial: func(addr string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			return r.dialer.DialContext(ctx, "tcp", addr)
 		},
-		ReadTimeout:  30 * time.Second,
-		WriteTimeout: 30 * time.Second,
+		ReadTimeout:  e2eRequestTimeout,
+		WriteTimeout: e2eRequestTimeout,
 	}, nil
+}
+
+// post sends one POST to path with the bearer token and body (none when
+// nil) on c and returns the status code.
+func (r *e2eRun) post(c *fasthttp.HostClient, path, token string, body []byte) (int, error) {
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(r.base + path)
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.Header.Set("Authorization", "Bearer "+token)
+	if body != nil {
+		req.Header.SetContentType("application/json")
+		req.SetBody(body)
+	}
+	if err := c.DoTimeout(req, resp, e2eRequestTimeout); err != nil {
+		return 0, err
+	}
+	return resp.StatusCode(), nil
 }
 
 // postPosition reports driver i over HTTP.
@@ -456,19 +485,12 @@ func (r *e2eRun) postPosition(ctx context.Context, c *fasthttp.HostClient, i int
 	if err != nil {
 		return err
 	}
-	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI(r.base + "/v1/drivers/" + string(id) + "/location")
-	req.Header.SetMethod(fasthttp.MethodPost)
-	req.Header.Set("Authorization", "Bearer "+r.tokens[i])
-	req.Header.SetContentType("application/json")
-	req.SetBody(b)
-	if err := c.DoTimeout(req, resp, 30*time.Second); err != nil {
+	code, err := r.post(c, "/v1/drivers/"+string(id)+"/location", r.tokens[i], b)
+	if err != nil {
 		r.positionErrs.Add(1)
 		return err
 	}
-	if code := resp.StatusCode(); code != http.StatusAccepted {
+	if code != http.StatusAccepted {
 		r.positionErrs.Add(1)
 		return fmt.Errorf("match-e2e: position of %s: HTTP %d", id, code)
 	}
@@ -655,7 +677,7 @@ func (r *e2eRun) queueStep(s e2eStep) {
 // stepper posts the queued trip steps when they are due, on e2eStepWorkers
 // goroutines. The delay is the same for every step, so the queue is
 // (nearly) in due order.
-func (r *e2eRun) stepper(ctx context.Context, c *http.Client) error {
+func (r *e2eRun) stepper(ctx context.Context, c *fasthttp.HostClient) error {
 	jobs := make(chan e2eStep)
 	var wg sync.WaitGroup
 	for range e2eStepWorkers {
@@ -694,13 +716,8 @@ func (r *e2eRun) stepper(ctx context.Context, c *http.Client) error {
 // postStep posts one trip step and queues the next, or the same again
 // when the engine refused it for now (409: the accept is not recorded yet;
 // 429, 503).
-func (r *e2eRun) postStep(ctx context.Context, c *http.Client, s e2eStep) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+"/v1/rides/"+string(s.ride)+"/"+s.kind, nil)
-	if err != nil {
-		return
-	}
-	req.Header.Set("Authorization", "Bearer "+r.tokens[s.driver])
-	resp, err := c.Do(req)
+func (r *e2eRun) postStep(ctx context.Context, c *fasthttp.HostClient, s e2eStep) {
+	code, err := r.post(c, "/v1/rides/"+string(s.ride)+"/"+s.kind, r.tokens[s.driver], nil)
 	if err != nil {
 		if ctx.Err() == nil {
 			r.driverErrs.Add(1)
@@ -708,18 +725,15 @@ func (r *e2eRun) postStep(ctx context.Context, c *http.Client, s e2eStep) {
 		}
 		return
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 	switch {
-	case resp.StatusCode == http.StatusOK:
+	case code == http.StatusOK:
 		if next, ok := nextStep[s.kind]; ok {
 			r.queueStep(e2eStep{driver: s.driver, ride: s.ride, kind: next, due: time.Now().Add(e2eStepDelay)})
 			return
 		}
 		r.trips.Add(1)
 		r.busy[s.driver].Store(false)
-	case (resp.StatusCode == http.StatusConflict || resp.StatusCode == http.StatusTooManyRequests ||
-		resp.StatusCode == http.StatusServiceUnavailable) && s.tries < e2eMaxTries:
+	case (code == http.StatusConflict || code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable) && s.tries < e2eMaxTries:
 		r.retries.Add(1)
 		s.tries++
 		s.due = time.Now().Add(e2eStepDelay)
@@ -747,7 +761,7 @@ func (r *e2eRun) pending() int {
 
 // requestRides runs the open loop for env.Duration and returns how long
 // it ran and how late the sends were against their schedule.
-func (r *e2eRun) requestRides(ctx context.Context, c *http.Client, env Env) (time.Duration, *Timer) {
+func (r *e2eRun) requestRides(ctx context.Context, c *fasthttp.HostClient, env Env) (time.Duration, *Timer) {
 	rng := rand.New(rand.NewPCG(env.Seed, 29))
 	city := sim.SanFrancisco()
 	every := time.Duration(float64(time.Second) / env.Rate)
@@ -777,7 +791,7 @@ func (r *e2eRun) requestRides(ctx context.Context, c *http.Client, env Env) (tim
 		go func() {
 			defer wg.Done()
 			defer func() { <-inflight }()
-			r.requestRide(ctx, c, k, pickup, dropoff)
+			r.requestRide(c, k, pickup, dropoff)
 		}()
 	}
 	elapsed := time.Since(start)
@@ -786,22 +800,23 @@ func (r *e2eRun) requestRides(ctx context.Context, c *http.Client, env Env) (tim
 }
 
 // requestRide sends one ride request as rider u<k> with key k<k>.
-func (r *e2eRun) requestRide(ctx context.Context, c *http.Client, k int, pickup, dropoff geo.LatLng) {
+func (r *e2eRun) requestRide(c *fasthttp.HostClient, k int, pickup, dropoff geo.LatLng) {
 	rider, key := "u"+strconv.Itoa(k), "k"+strconv.Itoa(k)
-	tok, err := r.signer.Mint(dispatch.Claims{Subject: rider, Role: dispatch.RoleRider, Expires: time.Now().Add(time.Hour)})
+	token, err := r.signer.Mint(dispatch.Claims{Subject: rider, Role: dispatch.RoleRider, Expires: time.Now().Add(time.Hour)})
 	if err != nil {
 		r.httpErrs.Add(1)
 		return
 	}
 	body, _ := json.Marshal(dispatch.RideRequest{Pickup: &pickup, Dropoff: &dropoff})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+"/v1/rides", strings.NewReader(string(body)))
-	if err != nil {
-		r.httpErrs.Add(1)
-		return
-	}
-	req.Header.Set("Authorization", "Bearer "+tok)
-	req.Header.Set("Content-Type", "application/json")
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(r.base + "/v1/rides")
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.SetContentType("application/json")
 	req.Header.Set("Idempotency-Key", key)
+	req.SetBody(body)
 	// The ride ID follows from (rider, key), so the ride is known before
 	// the request leaves: its offer may overtake the response.
 	id := dispatch.IdempotentID(dispatch.RiderID(rider), key)
@@ -809,12 +824,7 @@ func (r *e2eRun) requestRide(ctx context.Context, c *http.Client, k int, pickup,
 	r.ridesMu.Lock()
 	r.rides[id] = ride
 	r.ridesMu.Unlock()
-	resp, err := c.Do(req)
-	if err == nil {
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}
-	if err != nil || resp.StatusCode != http.StatusCreated {
+	if err := c.DoTimeout(req, resp, e2eRequestTimeout); err != nil || resp.StatusCode() != http.StatusCreated {
 		r.httpErrs.Add(1)
 		r.ridesMu.Lock()
 		delete(r.rides, id)
