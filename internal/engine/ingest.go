@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/hexdispatch/hexdispatch/dispatch"
 	"github.com/hexdispatch/hexdispatch/geo"
 	"github.com/hexdispatch/hexdispatch/internal/clock"
 	"github.com/hexdispatch/hexdispatch/positions"
@@ -35,15 +37,21 @@ func newIngest(ctx context.Context, cfg Config, log *slog.Logger) (*ingest, erro
 	if len(cfg.Kafka) == 0 {
 		c, err := kfake.NewCluster(
 			kfake.NumBrokers(1),
-			kfake.SeedTopics(int32(cfg.Partitions), positions.DefaultTopic),
+			kfake.SeedTopics(int32(cfg.Partitions), positions.DefaultTopic, dispatch.DefaultRideEventsTopic),
 			kfake.SeedTopics(1, positions.DefaultDLQTopic),
 			kfake.GroupMinSessionTimeout(500*time.Millisecond),
+			// How often the retention below is applied.
+			kfake.BrokerConfigs(map[string]string{"log.cleaner.backoff.ms": strconv.FormatInt(embeddedRetentionEvery.Milliseconds(), 10)}),
 		)
 		if err != nil {
 			return nil, fmt.Errorf("in-process kafka: %w", err)
 		}
 		in.cluster = c
 		in.brokers = c.ListenAddrs()
+		if err := boundEmbeddedTopics(ctx, in.brokers, embeddedPartitionBytes); err != nil {
+			c.Close()
+			return nil, err
+		}
 		log.Info("in-process kafka (kfake) started", "brokers", strings.Join(in.brokers, ","))
 	} else {
 		in.brokers = cfg.Kafka
@@ -76,6 +84,47 @@ func newIngest(ctx context.Context, cfg Config, log *slog.Logger) (*ingest, erro
 		in.worker = w
 	}
 	return in, nil
+}
+
+// The in-process broker keeps its records in this process's memory, so
+// each partition of its topics is bounded in bytes (oldest batches go
+// first, checked every embeddedRetentionEvery): without a bound a steady
+// position stream grows the heap without end (5,000 positions a second
+// added about a megabyte a second). The bound is in bytes, not time: on
+// the virtual clock of a deterministic simulation the records carry
+// simulated timestamps, which a time bound on the wall clock would take
+// for long expired. A partition's bound holds many minutes of a busy
+// city's positions, far more than the TTL a rebuild replays.
+const (
+	embeddedPartitionBytes = 32 << 20
+	embeddedRetentionEvery = 30 * time.Second
+)
+
+// boundEmbeddedTopics sets retention.bytes to limit on the in-process
+// broker's topics, and lifts their time bound.
+func boundEmbeddedTopics(ctx context.Context, brokers []string, limit int) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return fmt.Errorf("in-process kafka: %w", err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	bytes, forever := strconv.Itoa(limit), "-1"
+	topics := []string{positions.DefaultTopic, positions.DefaultDLQTopic, dispatch.DefaultRideEventsTopic}
+	res, err := kadm.NewClient(cl).AlterTopicConfigs(ctx, []kadm.AlterConfig{
+		{Op: kadm.SetConfig, Name: "retention.bytes", Value: &bytes},
+		{Op: kadm.SetConfig, Name: "retention.ms", Value: &forever}, // no time bound (see above), not the default week
+	}, topics...)
+	if err != nil {
+		return fmt.Errorf("in-process kafka: bounding its topics: %w", err)
+	}
+	for _, r := range res {
+		if r.Err != nil {
+			return fmt.Errorf("in-process kafka: bounding topic %s: %w (%s)", r.Name, r.Err, r.ErrMessage)
+		}
+	}
+	return nil
 }
 
 // ensureTopics creates the topics on a real cluster if they are missing
