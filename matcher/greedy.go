@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/geo"
@@ -50,10 +51,15 @@ func (c GreedyConfig) Validate() error {
 //
 // Safe for concurrent use; it holds no state of its own.
 type Greedy struct {
-	gather *Gatherer
-	leases *Leases
-	cfg    GreedyConfig
+	gather  *Gatherer
+	leases  *Leases
+	cfg     GreedyConfig
+	widened atomic.Uint64 // further gathers (see Match)
 }
+
+// Widened counts the wider gathers matches made after the nearest
+// candidates were all taken.
+func (m *Greedy) Widened() uint64 { return m.widened.Load() }
 
 // NewGreedy returns a Greedy matcher.
 func NewGreedy(g *Gatherer, l *Leases, cfg GreedyConfig) (*Greedy, error) {
@@ -90,6 +96,8 @@ type Match struct {
 	Partial bool
 	Ring    int
 	RadiusM float64
+	// Candidates is how many drivers the last gather returned.
+	Candidates int
 }
 
 // Ranked is a candidate with its ETA.
@@ -126,41 +134,82 @@ func (m *Greedy) Match(ctx context.Context, req MatchRequest) (Match, error) {
 	if err := req.Ride.Validate(); err != nil {
 		return Match{}, err
 	}
-	gr, err := m.gather.Gather(ctx, req.Pickup, 0)
-	if err != nil {
-		return Match{}, err
-	}
-	match := Match{Ride: req.Ride, Partial: gr.Partial, Ring: gr.Ring, RadiusM: gr.RadiusM}
+	// The nearest few first (the gatherer's MinCandidates); when every one
+	// of them is taken or excluded and the gather found as many as it was
+	// asked for, there are more drivers farther out: gather a wider set
+	// (widenFactor times as many, up to positions.MaxK) and go on down
+	// the ranking, rather than answer "no driver" while free drivers are
+	// in reach. Busy drivers stay "available" in the index until their
+	// next report, so at peak the nearest few are often all taken.
 	// Candidates this process saw leased lately (Leases.Held) are passed
 	// over without a round trip, and tried last, in rank order, should
 	// nobody else be free.
-	ranked := Rank(gr.Candidates, req.Pickup, m.cfg.ETA)
+	var match Match
 	var later []Ranked
-	for pass := 0; pass < 2; pass++ {
-		for _, c := range ranked {
+	seen := make(map[positions.DriverID]bool)
+	n := m.gather.cfg.MinCandidates
+	for widened := 0; ; widened++ {
+		gr, err := m.gather.Gather(ctx, req.Pickup, n)
+		if err != nil {
+			if widened == 0 {
+				return Match{}, err
+			}
+			break
+		}
+		match.Ride, match.Partial, match.Ring, match.RadiusM = req.Ride, gr.Partial, gr.Ring, gr.RadiusM
+		match.Candidates = len(gr.Candidates)
+		for _, c := range Rank(gr.Candidates, req.Pickup, m.cfg.ETA) {
 			if match.Tried == m.cfg.MaxAttempts {
 				break
 			}
-			if slices.Contains(req.Exclude, c.ID) {
+			if seen[c.ID] || slices.Contains(req.Exclude, c.ID) {
 				continue
 			}
-			if pass == 0 && m.leases.Held(c.ID) {
+			seen[c.ID] = true
+			if m.leases.Held(c.ID) {
 				m.leases.stats.skipped.Add(1)
 				later = append(later, c)
 				continue
 			}
-			match.Tried++
-			tok, err := m.leases.Reserve(ctx, c.ID, req.Ride, m.cfg.OfferTTL)
-			if errors.Is(err, ErrDriverTaken) {
-				continue
-			}
-			if err != nil {
+			ok, err := m.reserve(ctx, req, c, &match)
+			if ok || err != nil {
 				return match, err
 			}
-			match.Driver, match.ETA, match.Token = c.Candidate, c.ETA, tok
-			return match, nil
 		}
-		ranked = later
+		next := min(n*widenFactor, positions.MaxK-m.gather.cfg.DupSlack)
+		if match.Tried == m.cfg.MaxAttempts || len(gr.Candidates) < n || next <= n {
+			break // out of attempts, or nobody more within the gather's reach
+		}
+		m.widened.Add(1)
+		n = next
 	}
-	return match, fmt.Errorf("ride %s: %d candidates within %.0f m, %d tried: %w", req.Ride, len(gr.Candidates), gr.RadiusM, match.Tried, ErrNoDriver)
+	for _, c := range later {
+		if match.Tried == m.cfg.MaxAttempts {
+			break
+		}
+		ok, err := m.reserve(ctx, req, c, &match)
+		if ok || err != nil {
+			return match, err
+		}
+	}
+	return match, fmt.Errorf("ride %s: %d candidates within %.0f m, %d tried: %w", req.Ride, match.Candidates, match.RadiusM, match.Tried, ErrNoDriver)
+}
+
+// widenFactor is how much wider each further gather of a match is.
+const widenFactor = 4
+
+// reserve tries to lease c for req, counting the try on match; on success
+// match names the driver. It reports false with no error when another
+// ride holds the driver.
+func (m *Greedy) reserve(ctx context.Context, req MatchRequest, c Ranked, match *Match) (bool, error) {
+	match.Tried++
+	tok, err := m.leases.Reserve(ctx, c.ID, req.Ride, m.cfg.OfferTTL)
+	if errors.Is(err, ErrDriverTaken) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	match.Driver, match.ETA, match.Token = c.Candidate, c.ETA, tok
+	return true, nil
 }

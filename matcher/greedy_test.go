@@ -129,6 +129,52 @@ func TestGreedyHeldHints(t *testing.T) {
 	}
 }
 
+// TestGreedyWidensPastTakenDrivers: when the nearest few are all taken
+// (by another process: no hint here), the match gathers a wider set and
+// reserves the nearest free driver beyond them instead of answering "no
+// driver".
+func TestGreedyWidensPastTakenDrivers(t *testing.T) {
+	here, srv, _ := newLeases(t)
+	other := redis.NewClient(testRedisOptions(srv.Addr))
+	t.Cleanup(func() { other.Close() })
+	elsewhere, err := matcher.NewLeases(other, testLeaseConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 10
+	cl, g := smallCity(t, n)
+	cfg := matcher.DefaultGatherConfig()
+	cfg.Partitioner = positions.Partitioner{ShardRes: 7, Partitions: 9}
+	cfg.MinCandidates = 3 // the first gather sees d00-d02 (and the slack)
+	cfg.DupSlack = 0
+	cfg.Deadline = time.Minute
+	g, err = matcher.NewGatherer(cl.owners(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newGreedy(t, g, here, 0)
+	ctx := context.Background()
+	for i := range 3 {
+		if _, err := elsewhere.Reserve(ctx, positions.DriverID(fmt.Sprintf("d%02d", i)), "r-other", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := m.Match(ctx, matcher.MatchRequest{Ride: "r1", Pickup: nyc})
+	if err != nil || got.Driver.ID != "d03" || got.Tried != 4 || m.Widened() != 1 {
+		t.Fatalf("match = %+v, %v, %d wider gathers; want d03 at the 4th try after one wider gather", got, err, m.Widened())
+	}
+	// Everybody taken: the wider gather finds fewer than it asked for, so
+	// nobody more is in reach and the answer is no driver.
+	for i := 4; i < n; i++ {
+		if _, err := elsewhere.Reserve(ctx, positions.DriverID(fmt.Sprintf("d%02d", i)), "r-other", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := m.Match(ctx, matcher.MatchRequest{Ride: "r2", Pickup: nyc}); !errors.Is(err, matcher.ErrNoDriver) {
+		t.Fatalf("all taken: %v, want ErrNoDriver", err)
+	}
+}
+
 func TestRankByETA(t *testing.T) {
 	cand := func(id string, m float64) positions.Candidate {
 		return positions.Candidate{Driver: positions.Driver{ID: positions.DriverID(id), Pos: offset(nyc, m, 0)}, DistanceM: m}

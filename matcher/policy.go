@@ -189,5 +189,8 @@ func (s *Switch) Stats(p Policy) PolicyStats {
 	return st
 }
 
+// Greedy returns the greedy policy, for its statistics.
+func (s *Switch) Greedy() *Greedy { return s.greedy }
+
 // Batcher returns the batched policy, for its window statistics.
 func (s *Switch) Batcher() *Batcher { return s.batcher }
