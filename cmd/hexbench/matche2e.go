@@ -456,12 +456,10 @@ func (r *e2eRun) hostClient(conns int) (*fasthttp.HostClient, error) {
 	}, nil
 }
 
-// post sends one POST to path with the bearer token and body (none when
-// nil) on c and returns the status code.
-func (r *e2eRun) post(c *fasthttp.HostClient, path, token string, body []byte) (int, error) {
-	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
+// newPost builds a POST to path with the bearer token and a JSON body
+// (none when nil); the caller releases it (fasthttp.ReleaseRequest).
+func (r *e2eRun) newPost(path, token string, body []byte) *fasthttp.Request {
+	req := fasthttp.AcquireRequest()
 	req.SetRequestURI(r.base + path)
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.Header.Set("Authorization", "Bearer "+token)
@@ -469,6 +467,14 @@ func (r *e2eRun) post(c *fasthttp.HostClient, path, token string, body []byte) (
 		req.Header.SetContentType("application/json")
 		req.SetBody(body)
 	}
+	return req
+}
+
+// post sends one POST (see newPost) on c and returns the status code.
+func (r *e2eRun) post(c *fasthttp.HostClient, path, token string, body []byte) (int, error) {
+	req, resp := r.newPost(path, token, body), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
 	if err := c.DoTimeout(req, resp, e2eRequestTimeout); err != nil {
 		return 0, err
 	}
@@ -808,15 +814,10 @@ func (r *e2eRun) requestRide(c *fasthttp.HostClient, k int, pickup, dropoff geo.
 		return
 	}
 	body, _ := json.Marshal(dispatch.RideRequest{Pickup: &pickup, Dropoff: &dropoff})
-	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	req, resp := r.newPost("/v1/rides", token, body), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI(r.base + "/v1/rides")
-	req.Header.SetMethod(fasthttp.MethodPost)
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.SetContentType("application/json")
 	req.Header.Set("Idempotency-Key", key)
-	req.SetBody(body)
 	// The ride ID follows from (rider, key), so the ride is known before
 	// the request leaves: its offer may overtake the response.
 	id := dispatch.IdempotentID(dispatch.RiderID(rider), key)
