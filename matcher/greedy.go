@@ -49,7 +49,7 @@ func (c GreedyConfig) Validate() error {
 // right now, ranked by ETA, reserved through Leases; when another ride
 // took that driver first it falls back to the next.
 //
-// Safe for concurrent use; it holds no state of its own.
+// Safe for concurrent use; its only state is the Widened counter.
 type Greedy struct {
 	gather  *Gatherer
 	leases  *Leases
@@ -96,8 +96,6 @@ type Match struct {
 	Partial bool
 	Ring    int
 	RadiusM float64
-	// Candidates is how many drivers the last gather returned.
-	Candidates int
 }
 
 // Ranked is a candidate with its ETA.
@@ -146,6 +144,7 @@ func (m *Greedy) Match(ctx context.Context, req MatchRequest) (Match, error) {
 	// nobody else be free.
 	var match Match
 	var later []Ranked
+	found := 0 // drivers the last gather returned
 	seen := make(map[positions.DriverID]bool)
 	n := m.gather.cfg.MinCandidates
 	for widened := 0; ; widened++ {
@@ -157,7 +156,7 @@ func (m *Greedy) Match(ctx context.Context, req MatchRequest) (Match, error) {
 			break
 		}
 		match.Ride, match.Partial, match.Ring, match.RadiusM = req.Ride, gr.Partial, gr.Ring, gr.RadiusM
-		match.Candidates = len(gr.Candidates)
+		found = len(gr.Candidates)
 		for _, c := range Rank(gr.Candidates, req.Pickup, m.cfg.ETA) {
 			if match.Tried == m.cfg.MaxAttempts {
 				break
@@ -192,7 +191,7 @@ func (m *Greedy) Match(ctx context.Context, req MatchRequest) (Match, error) {
 			return match, err
 		}
 	}
-	return match, fmt.Errorf("ride %s: %d candidates within %.0f m, %d tried: %w", req.Ride, match.Candidates, match.RadiusM, match.Tried, ErrNoDriver)
+	return match, fmt.Errorf("ride %s: %d candidates within %.0f m, %d tried: %w", req.Ride, found, match.RadiusM, match.Tried, ErrNoDriver)
 }
 
 // widenFactor is how much wider each further gather of a match is.
