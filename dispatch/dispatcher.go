@@ -347,25 +347,19 @@ func (d *Dispatcher) Close() {
 	d.wg.Wait()
 }
 
-// Start begins the search for ride r (state requested).
-func (d *Dispatcher) Start(r Ride) error {
-	return d.start(r, true)
-}
-
 // SearchUntil is the deadline to track a search started at now with: its
 // SearchDeadline plus an offer's grace. RideStore.CreateSearching takes it.
+// The sweep of any process ends the ride after it if the process that
+// searches dies first.
 func (d *Dispatcher) SearchUntil(now time.Time) time.Time {
 	return now.Add(d.cfg.SearchDeadline + d.cfg.OfferTimeout)
 }
 
-// StartTracked is Start for a ride whose search is tracked already (it was
-// created by RideStore.CreateSearching with SearchUntil): it saves Start's
-// round trip to Redis on the way to the offer.
+// StartTracked begins the search for ride r (state requested), created
+// with its search tracked (RideStore.CreateSearching with SearchUntil).
+// It returns ErrBusy at MaxActive, and nil when r's search runs here
+// already (an idempotent retry).
 func (d *Dispatcher) StartTracked(r Ride) error {
-	return d.start(r, false)
-}
-
-func (d *Dispatcher) start(r Ride, track bool) error {
 	ctx, cancel := clock.WithTimeout(d.base, d.clk, d.cfg.SearchDeadline)
 	s := newSearch(ctx, cancel, d.cfg.FanOut)
 	d.searchesMu.Lock()
@@ -384,23 +378,6 @@ func (d *Dispatcher) start(r Ride, track bool) error {
 	d.wg.Add(1)
 	d.searchesMu.Unlock()
 
-	// The sweep of any process ends this ride if this process dies before
-	// the search does: the deadline plus an offer's grace. Redis is called
-	// outside the lock, so a slow Redis delays only this request.
-	var err error
-	if track {
-		tctx, tcancel := context.WithTimeout(d.base, 2*time.Second)
-		err = d.cfg.Store.TrackSearch(tctx, r.ID, d.SearchUntil(d.cfg.Now()))
-		tcancel()
-	}
-	if err != nil {
-		d.searchesMu.Lock()
-		delete(d.searches, r.ID)
-		d.searchesMu.Unlock()
-		cancel()
-		d.wg.Done()
-		return err
-	}
 	d.searched.Add(1)
 	stopWake := context.AfterFunc(ctx, s.poke) // wakes a parked search at shutdown or deadline
 	go func() {
@@ -576,14 +553,17 @@ func (d *Dispatcher) sweepSearches(ctx context.Context) int {
 	return ended
 }
 
-// apply records ev on the ride cur, the ride as the caller last wrote or
-// read it, and tells the relay. It keeps cur current: the ride after the
-// write, or as stored when the event was illegal. After another error cur
-// stays as it was (the write may have landed; the next write's
-// compare-and-set finds out).
-func (d *Dispatcher) apply(ctx context.Context, cur *Ride, ev Event) error {
+// apply records ev, and then more in the same write, on the ride cur, the
+// ride as the caller last wrote or read it, and tells the relay. It keeps
+// cur current: the ride after the write, or as stored when the event was
+// illegal. After another error cur stays as it was (the write may have
+// landed; the next write's compare-and-set finds out).
+func (d *Dispatcher) apply(ctx context.Context, cur *Ride, ev Event, more ...Event) error {
 	ev.At = d.cfg.Now()
-	r, err := d.cfg.Store.ApplyFrom(ctx, *cur, ev)
+	for i := range more {
+		more[i].At = ev.At
+	}
+	r, err := d.cfg.Store.ApplyFrom(ctx, *cur, ev, more...)
 	switch {
 	case err == nil:
 		*cur = r
@@ -610,24 +590,18 @@ type OfferMessage struct {
 // run is the search of ride r and returns the ride as the search last
 // wrote or saw it. Every write goes from that copy (see apply), so a
 // search reads the ride only when someone else wrote it meanwhile.
+//
+// A ride still requested is recorded searching in the same write as its
+// first offer (or, when no driver is found, on its own before the
+// pause): the gather and the reservation need nothing from the ride's
+// record, so the first offer takes one write after the reservation, not
+// a write of "searching" beside it, and the ride's events keep their
+// order.
 func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 	log := d.cfg.Logger.With("ride", r.ID)
 	// Writes that must land even when the search is cancelled or timed out
 	// use final(ctx).
 	started := time.Now()
-	// Recording "searching" and finding the first driver overlap: the
-	// gather and the reservation need nothing from the ride's record, and
-	// the offer is recorded only once "searching" is (below), so the
-	// ride's events keep their order and one round trip to Redis leaves
-	// the path to the offer.
-	searching := make(chan error, 1)
-	recorded := r
-	go func() { searching <- d.apply(ctx, &recorded, Event{Kind: EvSearch}) }()
-	defer func() {
-		if searching != nil { // no Match ran (MaxOffers is at least 1, so only by a bug): still wait for it
-			<-searching
-		}
-	}()
 	var tried []positions.DriverID
 	// pause waits RetryEvery; false when the search ended meanwhile.
 	pause := func() bool {
@@ -646,17 +620,11 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 		s.setFinding(true)
 		m, err := d.cfg.Finder.Match(ctx, matcher.MatchRequest{Ride: matcher.RideID(r.ID), Pickup: r.Pickup, Exclude: tried})
 		o := Offer{Driver: m.Driver.ID, Token: m.Token, ETA: m.ETA, DistanceM: m.Driver.DistanceM}
-		if searching != nil {
-			serr := <-searching
-			searching = nil
-			r = recorded
-			if serr != nil {
+		if err != nil && r.State == Requested && ctx.Err() == nil {
+			// No driver yet: the ride shows searching while it waits. (A
+			// search that ended records it with no_driver, in end.)
+			if serr := d.apply(ctx, &r, Event{Kind: EvSearch}); serr != nil {
 				s.setFinding(false)
-				if err == nil { // a driver was reserved for a search that cannot go on
-					fctx, cancel := final(ctx)
-					d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
-					cancel()
-				}
 				if errors.Is(serr, ErrIllegalTransition) { // cancelled before its search started
 					log.Info("search: ride ended before its search started", "state", r.State)
 					return r
@@ -670,9 +638,7 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 		switch {
 		case ctx.Err() != nil:
 			if err == nil { // reserved just as the search ended: let the driver go
-				fctx, cancel := final(ctx)
-				d.cfg.Leases.Release(fctx, o.Driver, matcher.RideID(r.ID), o.Token)
-				cancel()
+				d.releaseAll(ctx, r.ID, []Offer{o})
 			}
 			d.end(&r, log)
 			return r
@@ -694,7 +660,13 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 		for _, x := range round {
 			tried = append(tried, x.Driver)
 		}
-		if err := d.apply(ctx, &r, Event{Kind: EvOffer, Driver: o.Driver, ETA: o.ETA}); err != nil {
+		offer := Event{Kind: EvOffer, Driver: o.Driver, ETA: o.ETA}
+		if r.State == Requested {
+			err = d.apply(ctx, &r, Event{Kind: EvSearch}, offer)
+		} else {
+			err = d.apply(ctx, &r, offer)
+		}
+		if err != nil {
 			d.releaseAll(ctx, r.ID, round)
 			if errors.Is(err, ErrIllegalTransition) { // cancelled meanwhile
 				return r
@@ -880,7 +852,14 @@ func (d *Dispatcher) end(r *Ride, log *slog.Logger) {
 	}
 	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := d.apply(fctx, r, Event{Kind: EvNoDriver}); err == nil {
+	noDriver := Event{Kind: EvNoDriver}
+	var err error
+	if r.State == Requested { // ended before its search was recorded
+		err = d.apply(fctx, r, Event{Kind: EvSearch}, noDriver)
+	} else {
+		err = d.apply(fctx, r, noDriver)
+	}
+	if err == nil {
 		d.noDriver.Add(1)
 	} else if !errors.Is(err, ErrIllegalTransition) {
 		log.Warn("recording no_driver failed", "err", err)
@@ -947,7 +926,7 @@ func (d *Dispatcher) expireTrip(ctx context.Context, id RideID, st State, now ti
 	}
 	// The check runs on every compare-and-set attempt: a step the driver
 	// takes meanwhile wins over the expiry.
-	after, err := d.cfg.Store.apply(ctx, id, &r, Event{Kind: EvExpire, At: now}, func(cur Ride) error {
+	after, err := d.cfg.Store.apply(ctx, id, &r, []Event{{Kind: EvExpire, At: now}}, func(cur Ride) error {
 		if cur.State != st || now.Sub(cur.UpdatedAt) < limit {
 			return errMovedOn
 		}

@@ -139,13 +139,7 @@ func TestRideRoundTrips(t *testing.T) {
 		count.take()
 		// The request handler's part: create the ride with its search
 		// tracked, then start the search.
-		r, _ := dispatch.NewRide(id, "u1", pickup, dropoff, time.Now())
-		if _, _, err := store.CreateSearching(ctx, r, disp.SearchUntil(time.Now())); err != nil {
-			t.Fatal(err)
-		}
-		if err := disp.StartTracked(r); err != nil {
-			t.Fatal(err)
-		}
+		startSearch(t, disp, store, id)
 		if o := <-sent; o.Ride != id {
 			t.Fatalf("offer of %s, want %s", o.Ride, id)
 		}
@@ -182,18 +176,32 @@ func TestRideRoundTrips(t *testing.T) {
 		total += n
 	}
 	t.Logf("one ride, request to completion: %d Redis round trips", total)
-	// The budget, as counted when it was set: request to offer 4 (create
-	// with the search's tracking in one pipeline, searching, reserve,
-	// offered; searching and reserve go at the same time, so three follow
-	// one another), accept 4, the three trip steps 2 or 3 each (write,
-	// untrack the last state, from the store's copy of the ride without a
-	// read; the lease's release after complete).
-	if want := 4; trips["request to offer"] > want {
+	// The budget, as counted when it was set: request to offer 3 (create
+	// with the search's tracking in one pipeline, reserve, then searching
+	// and offered in one write), accept 4, the three trip steps 2 or 3 each
+	// (write, untrack the last state, from the store's copy of the ride
+	// without a read; the lease's release after complete).
+	if want := 3; trips["request to offer"] > want {
 		t.Errorf("request to offer: %d round trips, budget %d", trips["request to offer"], want)
 	}
-	if want := 15; total > want {
+	if want := 14; total > want {
 		t.Errorf("one ride: %d round trips, budget %d", total, want)
 	}
+}
+
+// startSearch does what the ride request handler does for a new ride id:
+// create the ride with its search tracked, then start the search.
+func startSearch(t *testing.T, disp *dispatch.Dispatcher, store *dispatch.RideStore, id dispatch.RideID) dispatch.Ride {
+	t.Helper()
+	r, _ := dispatch.NewRide(id, "u1", pickup, dropoff, time.Now())
+	stored, _, err := store.CreateSearching(context.Background(), r, disp.SearchUntil(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := disp.StartTracked(stored); err != nil {
+		t.Fatal(err)
+	}
+	return stored
 }
 
 // answersAtOnce accepts every offer from inside Send, before the search
@@ -229,13 +237,7 @@ func TestAnswerBeforeTheSearchWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(disp.Close)
-	r, _ := dispatch.NewRide("r-fast", "u1", pickup, dropoff, time.Now())
-	if _, _, err := store.CreateSearching(ctx, r, disp.SearchUntil(time.Now())); err != nil {
-		t.Fatal(err)
-	}
-	if err := disp.StartTracked(r); err != nil {
-		t.Fatal(err)
-	}
+	r := startSearch(t, disp, store, "r-fast")
 	if !<-n.answered {
 		t.Fatal("the accept sent with the offer was refused")
 	}
@@ -249,5 +251,74 @@ func TestAnswerBeforeTheSearchWaits(t *testing.T) {
 			t.Fatalf("ride %+v (%v), want accepted", got, err)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestSearchOfARideSearchedElsewhere: a search started for a ride that
+// another search already moved on (another process's, or one that ended)
+// writes nothing, since searching is recorded with the first offer from
+// the ride as requested, and lets the driver it reserved go; a second
+// start of a ride searching here does nothing. The ride a search offers
+// has its events in order: requested, searching, offered.
+func TestSearchOfARideSearchedElsewhere(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	store, leases := storeAndLeases(t, rdb)
+	const driver = positions.DriverID("d1")
+	sent := make(offers, 4)
+	xc := dispatch.DefaultDispatcherConfig()
+	xc.Store, xc.Finder, xc.Leases, xc.Notifier, xc.Logger = store, oneDriver{leases: leases, id: driver}, leases, sent, quiet
+	disp, err := dispatch.NewDispatcher(xc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(disp.Close)
+
+	r, _ := dispatch.NewRide("r-owned", "u1", pickup, dropoff, time.Now())
+	if _, _, err := store.Create(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	owned, err := store.Apply(ctx, r.ID, dispatch.Event{Kind: dispatch.EvSearch, At: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := disp.StartTracked(r); err != nil { // r: the copy as requested
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		active, _ := disp.Active()
+		_, held, err := leases.Holder(ctx, driver)
+		if active == 0 && !held && err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d searches active, driver held %v (%v)", active, held, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got, _ := store.Get(ctx, r.ID); got.State != dispatch.Searching || got.Version != owned.Version {
+		t.Fatalf("the ride another search owns was written: %+v", got)
+	}
+	select {
+	case o := <-sent:
+		t.Fatalf("offered %+v for a ride searched elsewhere", o)
+	default:
+	}
+
+	first := startSearch(t, disp, store, "r-twice")
+	if o := <-sent; o.Ride != first.ID {
+		t.Fatalf("offer of %s, want %s", o.Ride, first.ID)
+	}
+	if err := disp.StartTracked(first); err != nil {
+		t.Fatalf("second start: %v", err)
+	}
+	if got, _ := store.Get(ctx, first.ID); got.State != dispatch.Offered || got.Version != 3 {
+		t.Fatalf("ride %+v, want offered at version 3 (requested, searching, offered)", got)
+	}
+	if vs := outboxVersions(t, srv, first.ID); !slices.Equal(vs, []uint64{1, 2, 3}) {
+		t.Fatalf("outbox versions %v, want [1 2 3]", vs)
 	}
 }

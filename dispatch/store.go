@@ -244,9 +244,10 @@ func (s *RideStore) Get(ctx context.Context, id RideID) (Ride, error) {
 }
 
 // casScript: KEYS ride, outbox; ARGV expected version, next version, next
-// data, ttl ms (0: none), event. It replies {1} when written, {-1} when the
-// ride is gone, and {0, data} when the version moved on: the ride as
-// stored, so the caller retries without reading it again.
+// data, ttl ms (0: none), then the events, in order (one per transition).
+// It replies {1} when written, {-1} when the ride is gone, and {0, data}
+// when the version moved on: the ride as stored, so the caller retries
+// without reading it again.
 var casScript = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return {-1} end
@@ -258,7 +259,7 @@ if v ~= ARGV[1] then
   return {0, data}
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'data', ARGV[3])
-redis.call('RPUSH', KEYS[2], ARGV[5])
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 5))
 if ARGV[4] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 return {1}
 `)
@@ -270,7 +271,7 @@ return {1}
 // log (see Relay) never misses a transition the read model shows. A ride
 // that reaches a terminal state expires EndedTTL later.
 func (s *RideStore) Apply(ctx context.Context, id RideID, ev Event) (Ride, error) {
-	return s.apply(ctx, id, nil, ev, nil)
+	return s.apply(ctx, id, nil, []Event{ev}, nil)
 }
 
 // ApplyFrom is Apply for a caller that holds the ride as it last read or
@@ -281,23 +282,28 @@ func (s *RideStore) Apply(ctx context.Context, id RideID, ev Event) (Ride, error
 // carries the ride as stored, and an event that looks illegal on cur is
 // checked again on the stored ride before ErrIllegalTransition is
 // returned.
-func (s *RideStore) ApplyFrom(ctx context.Context, cur Ride, ev Event) (Ride, error) {
-	return s.apply(ctx, cur.ID, &cur, ev, nil)
+//
+// With more events, ApplyFrom applies them in order and writes the result
+// in one compare-and-set, their RideEvents in the outbox in that order:
+// what as many calls would write, in one round trip, all or none.
+func (s *RideStore) ApplyFrom(ctx context.Context, cur Ride, ev Event, more ...Event) (Ride, error) {
+	return s.apply(ctx, cur.ID, &cur, append([]Event{ev}, more...), nil)
 }
 
 // applyChecked is Apply that first runs check, when set, on the ride as
 // read before each compare-and-set attempt, and returns its error (with
 // the ride as it is) instead of writing.
 func (s *RideStore) applyChecked(ctx context.Context, id RideID, ev Event, check func(cur Ride) error) (Ride, error) {
-	return s.apply(ctx, id, nil, ev, check)
+	return s.apply(ctx, id, nil, []Event{ev}, check)
 }
 
 // apply is Apply, ApplyFrom and applyChecked, with known the ride as the
-// caller last saw it (nil: unknown). cur is read from Redis unless known
-// (the caller's copy, maybe stale) or the reply of a refused
-// compare-and-set (as fresh as a read) provides it; only a fresh ride may
-// end the call with a check's or the state machine's refusal.
-func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, ev Event, check func(cur Ride) error) (Ride, error) {
+// caller last saw it (nil: unknown) and evs the events, applied in order.
+// cur is read from Redis unless known (the caller's copy, maybe stale) or
+// the reply of a refused compare-and-set (as fresh as a read) provides
+// it; only a fresh ride may end the call with a check's or the state
+// machine's refusal.
+func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, evs []Event, check func(cur Ride) error) (Ride, error) {
 	var cur Ride
 	have, fresh := false, false
 	if known != nil && known.ID == id && known.Version > 0 {
@@ -322,18 +328,17 @@ func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, ev Event,
 				return cur, err
 			}
 		}
-		next := cur
-		if err := next.Apply(ev); err != nil {
-			if !fresh {
-				continue
-			}
-			return cur, err
-		}
-		data, err := json.Marshal(next)
+		next, outs, refused, err := applyEvents(cur, evs)
 		if err != nil {
 			return Ride{}, err
 		}
-		out, err := json.Marshal(NewRideEvent(next, ev.Kind.String(), cur.State))
+		if refused != nil {
+			if !fresh {
+				continue
+			}
+			return cur, refused
+		}
+		data, err := json.Marshal(next)
 		if err != nil {
 			return Ride{}, err
 		}
@@ -345,14 +350,16 @@ func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, ev Event,
 		// the write, so no ride is in those states untracked; an entry
 		// whose write then fails is dropped by the dispatcher's sweep.
 		track := assigned(next.State) && next.State != cur.State
-		res, err := s.cas(ctx, id, cur.Version, next, data, ttl, out, track)
+		res, err := s.cas(ctx, id, cur.Version, next, data, ttl, outs, track)
 		if err != nil {
 			return Ride{}, err
 		}
 		code, _ := res[0].(int64)
 		switch {
 		case code == 1:
-			s.entered[next.State].Add(1)
+			for i := range evs {
+				s.entered[outs[i].state].Add(1)
+			}
 			s.remember(next)
 			if assigned(cur.State) && next.State != cur.State {
 				s.untrackTrip(ctx, cur.State, id) // best effort: the sweep drops stale entries
@@ -374,17 +381,48 @@ func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, ev Event,
 	return Ride{}, fmt.Errorf("%w: ride %s after %d attempts", ErrConflict, id, s.cfg.MaxCASRetries)
 }
 
-// cas runs casScript from version from to next, after tracking next's
-// trip state when track is set.
-func (s *RideStore) cas(ctx context.Context, id RideID, from uint64, next Ride, data []byte, ttl int64, out []byte, track bool) ([]any, error) {
+// appliedEvent is one event of an apply: the state it led to and its
+// RideEvent as the outbox holds it.
+type appliedEvent struct {
+	state State
+	out   []byte
+}
+
+// applyEvents applies evs to cur in order and encodes their RideEvents.
+// A refused event (illegal or invalid) returns refused; an event that
+// cannot be encoded returns err.
+func applyEvents(cur Ride, evs []Event) (next Ride, outs []appliedEvent, refused, err error) {
+	next = cur
+	outs = make([]appliedEvent, len(evs))
+	for i, ev := range evs {
+		from := next.State
+		if refused := next.Apply(ev); refused != nil {
+			return cur, nil, refused, nil
+		}
+		out, err := json.Marshal(NewRideEvent(next, ev.Kind.String(), from))
+		if err != nil {
+			return cur, nil, nil, err
+		}
+		outs[i] = appliedEvent{next.State, out}
+	}
+	return next, outs, nil, nil
+}
+
+// cas runs casScript from version from to next, appending outs' events,
+// after tracking next's trip state when track is set.
+func (s *RideStore) cas(ctx context.Context, id RideID, from uint64, next Ride, data []byte, ttl int64, outs []appliedEvent, track bool) ([]any, error) {
 	var tracking func(redis.Cmdable) *redis.IntCmd
 	if track {
 		tracking = func(c redis.Cmdable) *redis.IntCmd {
 			return c.ZAdd(ctx, s.tripsKey(next.State), redis.Z{Score: float64(next.UpdatedAt.UnixMilli()), Member: string(id)})
 		}
 	}
-	return s.runTracked(ctx, tracking, "track trip", casScript, "update", []string{s.key(id), s.outboxKey(id)},
-		strconv.FormatUint(from, 10), strconv.FormatUint(next.Version, 10), data, ttl, out)
+	args := make([]any, 0, 4+len(outs))
+	args = append(args, strconv.FormatUint(from, 10), strconv.FormatUint(next.Version, 10), data, ttl)
+	for _, o := range outs {
+		args = append(args, o.out)
+	}
+	return s.runTracked(ctx, tracking, "track trip", casScript, "update", []string{s.key(id), s.outboxKey(id)}, args...)
 }
 
 // runTracked runs script on keys, after track (when set) has added the

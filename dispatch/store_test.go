@@ -162,6 +162,7 @@ func TestStoreApplyFromStaleCopy(t *testing.T) {
 		name    string
 		stored  []dispatch.Event // applied after the copy was taken
 		ev      dispatch.Event
+		more    []dispatch.Event // applied after ev, in the same write
 		want    dispatch.State
 		illegal bool
 	}{
@@ -174,6 +175,15 @@ func TestStoreApplyFromStaleCopy(t *testing.T) {
 			ev: dispatch.Event{Kind: dispatch.EvSearch}, want: dispatch.CancelledByRider, illegal: true},
 		{name: "copy two versions behind", stored: []dispatch.Event{{Kind: dispatch.EvSearch}, {Kind: dispatch.EvOffer, Driver: d}},
 			ev: dispatch.Event{Kind: dispatch.EvAccept, Driver: d}, want: dispatch.Accepted},
+		{name: "two events in one write", ev: dispatch.Event{Kind: dispatch.EvSearch},
+			more: []dispatch.Event{{Kind: dispatch.EvOffer, Driver: d}}, want: dispatch.Offered},
+		{name: "three events in one write", ev: dispatch.Event{Kind: dispatch.EvSearch},
+			more: []dispatch.Event{{Kind: dispatch.EvOffer, Driver: d}, {Kind: dispatch.EvAccept, Driver: d}}, want: dispatch.Accepted},
+		{name: "second event illegal: none written", ev: dispatch.Event{Kind: dispatch.EvSearch},
+			more: []dispatch.Event{{Kind: dispatch.EvAccept, Driver: d}}, want: dispatch.Requested, illegal: true},
+		{name: "stale copy, two events, the first illegal on the stored ride", stored: []dispatch.Event{{Kind: dispatch.EvRiderCancel}},
+			ev: dispatch.Event{Kind: dispatch.EvSearch}, more: []dispatch.Event{{Kind: dispatch.EvOffer, Driver: d}},
+			want: dispatch.CancelledByRider, illegal: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -189,7 +199,7 @@ func TestStoreApplyFromStaleCopy(t *testing.T) {
 				}
 			}
 			before, _ := s.Get(ctx, mine.ID)
-			got, err := s.ApplyFrom(ctx, mine, tt.ev)
+			got, err := s.ApplyFrom(ctx, mine, tt.ev, tt.more...)
 			if tt.illegal != errors.Is(err, dispatch.ErrIllegalTransition) || (!tt.illegal && err != nil) {
 				t.Fatalf("ApplyFrom: %v (illegal wanted: %v)", err, tt.illegal)
 			}
@@ -197,7 +207,7 @@ func TestStoreApplyFromStaleCopy(t *testing.T) {
 				t.Fatalf("returned ride in %s, want %s", got.State, tt.want)
 			}
 			stored, _ := s.Get(ctx, mine.ID)
-			wantVersion := before.Version + 1
+			wantVersion := before.Version + 1 + uint64(len(tt.more))
 			if tt.illegal {
 				wantVersion = before.Version
 			}
