@@ -576,6 +576,15 @@ func (d *Dispatcher) apply(ctx context.Context, cur *Ride, ev Event, more ...Eve
 	return err
 }
 
+// applySearched is apply for an event that follows the search's start: on
+// a ride still requested it records "searching" first, in the same write.
+func (d *Dispatcher) applySearched(ctx context.Context, cur *Ride, ev Event) error {
+	if cur.State == Requested {
+		return d.apply(ctx, cur, Event{Kind: EvSearch}, ev)
+	}
+	return d.apply(ctx, cur, ev)
+}
+
 // OfferMessage is what a driver receives when offered a ride.
 type OfferMessage struct {
 	Type      string     `json:"type"` // "offer"
@@ -660,13 +669,7 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 		for _, x := range round {
 			tried = append(tried, x.Driver)
 		}
-		offer := Event{Kind: EvOffer, Driver: o.Driver, ETA: o.ETA}
-		if r.State == Requested {
-			err = d.apply(ctx, &r, Event{Kind: EvSearch}, offer)
-		} else {
-			err = d.apply(ctx, &r, offer)
-		}
-		if err != nil {
+		if err = d.applySearched(ctx, &r, Event{Kind: EvOffer, Driver: o.Driver, ETA: o.ETA}); err != nil {
 			d.releaseAll(ctx, r.ID, round)
 			if errors.Is(err, ErrIllegalTransition) { // cancelled meanwhile
 				return r
@@ -852,14 +855,7 @@ func (d *Dispatcher) end(r *Ride, log *slog.Logger) {
 	}
 	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	noDriver := Event{Kind: EvNoDriver}
-	var err error
-	if r.State == Requested { // ended before its search was recorded
-		err = d.apply(fctx, r, Event{Kind: EvSearch}, noDriver)
-	} else {
-		err = d.apply(fctx, r, noDriver)
-	}
-	if err == nil {
+	if err := d.applySearched(fctx, r, Event{Kind: EvNoDriver}); err == nil {
 		d.noDriver.Add(1)
 	} else if !errors.Is(err, ErrIllegalTransition) {
 		log.Warn("recording no_driver failed", "err", err)

@@ -112,16 +112,9 @@ func TestRideRoundTrips(t *testing.T) {
 	ctx := context.Background()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 
-	store, leases := storeAndLeases(t, rdb)
 	const driver = positions.DriverID("d1")
 	sent := make(offers, 1)
-	xc := dispatch.DefaultDispatcherConfig()
-	xc.Store, xc.Finder, xc.Leases, xc.Notifier, xc.Logger = store, oneDriver{leases: leases, id: driver}, leases, sent, quiet
-	disp, err := dispatch.NewDispatcher(xc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(disp.Close)
+	disp, store, leases := oneDriverDispatcher(t, rdb, driver, sent)
 	rides, err := dispatch.NewRides(dispatch.RidesConfig{Store: store, Dispatcher: disp, Leases: leases, Signer: newSigner(t),
 		Now: time.Now, Logger: quiet})
 	if err != nil {
@@ -189,6 +182,23 @@ func TestRideRoundTrips(t *testing.T) {
 	}
 }
 
+// oneDriverDispatcher is a dispatcher over rdb whose every match is
+// driver (oneDriver), sending its offers to n, with the store and leases
+// it uses; it closes with the test.
+func oneDriverDispatcher(t *testing.T, rdb redis.UniversalClient, driver positions.DriverID, n dispatch.Notifier) (*dispatch.Dispatcher, *dispatch.RideStore, *matcher.Leases) {
+	t.Helper()
+	store, leases := storeAndLeases(t, rdb)
+	xc := dispatch.DefaultDispatcherConfig()
+	xc.Store, xc.Finder, xc.Leases, xc.Notifier = store, oneDriver{leases: leases, id: driver}, leases, n
+	xc.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	disp, err := dispatch.NewDispatcher(xc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(disp.Close)
+	return disp, store, leases
+}
+
 // startSearch does what the ride request handler does for a new ride id:
 // create the ride with its search tracked, then start the search.
 func startSearch(t *testing.T, disp *dispatch.Dispatcher, store *dispatch.RideStore, id dispatch.RideID) dispatch.Ride {
@@ -224,19 +234,9 @@ func TestAnswerBeforeTheSearchWaits(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	ctx := context.Background()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	store, leases := storeAndLeases(t, rdb)
-	var (
-		disp *dispatch.Dispatcher
-		err  error
-	)
+	var disp *dispatch.Dispatcher
 	n := answersAtOnce{disp: &disp, answered: make(chan bool, 1)}
-	xc := dispatch.DefaultDispatcherConfig()
-	xc.Store, xc.Finder, xc.Leases, xc.Notifier, xc.Logger = store, oneDriver{leases: leases, id: "d1"}, leases, n, quiet
-	if disp, err = dispatch.NewDispatcher(xc); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(disp.Close)
+	disp, store, _ := oneDriverDispatcher(t, rdb, "d1", n)
 	r := startSearch(t, disp, store, "r-fast")
 	if !<-n.answered {
 		t.Fatal("the accept sent with the offer was refused")
@@ -264,17 +264,9 @@ func TestSearchOfARideSearchedElsewhere(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	ctx := context.Background()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	store, leases := storeAndLeases(t, rdb)
 	const driver = positions.DriverID("d1")
 	sent := make(offers, 4)
-	xc := dispatch.DefaultDispatcherConfig()
-	xc.Store, xc.Finder, xc.Leases, xc.Notifier, xc.Logger = store, oneDriver{leases: leases, id: driver}, leases, sent, quiet
-	disp, err := dispatch.NewDispatcher(xc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(disp.Close)
+	disp, store, leases := oneDriverDispatcher(t, rdb, driver, sent)
 
 	r, _ := dispatch.NewRide("r-owned", "u1", pickup, dropoff, time.Now())
 	if _, _, err := store.Create(ctx, r); err != nil {
