@@ -109,14 +109,13 @@ func runIndexKNN(ctx context.Context, env Env) ([]Result, error) {
 	return []Result{r}, nil
 }
 
-// runIndexMemory reports the heap the index holds per driver after GC,
-// generating drivers on the fly so that only what the index keeps (IDs
-// included) is counted.
+// runIndexMemory reports the heap the index holds per driver: the heap
+// after GC with the index filled, less the heap after GC once it is
+// dropped. The two readings are taken back to back, so whatever else the
+// process frees or allocates while the index fills (a previous workload's
+// connections closing, say) does not count. Drivers are generated on the
+// fly so that only what the index keeps (IDs included) is counted.
 func runIndexMemory(_ context.Context, env Env) ([]Result, error) {
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.GC() // the second cycle frees sync.Pool victims, so they cannot vanish mid-measurement
-	runtime.ReadMemStats(&before)
 	cfg := positions.DefaultConfig()
 	cfg.TTL = 24 * time.Hour
 	x, err := positions.NewIndex(cfg)
@@ -131,12 +130,22 @@ func runIndexMemory(_ context.Context, env Env) ([]Result, error) {
 			return nil, err
 		}
 	}
-	runtime.GC()
-	runtime.ReadMemStats(&after)
+	full := heapAfterGC()
 	runtime.KeepAlive(x)
+	empty := heapAfterGC()
 	return []Result{{
 		System: "hexdispatch", Workload: "index-memory", Drivers: env.Drivers,
-		BytesPerDriver: round(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(env.Drivers)),
+		BytesPerDriver: round(float64(int64(full)-int64(empty)) / float64(env.Drivers)),
 		Note:           "heap after GC, IDs d0..dN-1 included",
 	}}, nil
+}
+
+// heapAfterGC is the live heap after two collections (the second frees
+// sync.Pool victims, so they cannot vanish between two readings).
+func heapAfterGC() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }

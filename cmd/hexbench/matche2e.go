@@ -146,6 +146,7 @@ type e2eRun struct {
 	tokens []string          // by fleet index: the driver's bearer token, minted once as a driver app keeps its session
 	busy   []atomic.Bool     // by fleet index: the driver accepted a ride and is on its trip
 	conns  []*websocket.Conn // by position in ws
+	hosts  []*fasthttp.HostClient
 
 	ridesMu sync.Mutex
 	rides   map[dispatch.RideID]*e2eRide
@@ -255,6 +256,12 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 			}
 		}
 		g.Wait()
+		// Now, not when fasthttp's idle sweeper next wakes (up to 10 s
+		// later, in whatever workload runs then): their buffers go back
+		// to the heap with the run.
+		for _, c := range r.hosts {
+			c.CloseIdleConnections()
+		}
 	}()
 
 	fmt.Fprintf(env.Progress, "hexbench: match-e2e: %d drivers online, %d on WebSockets, from %d source addresses ...\n", n, w, r.dialer.SourceAddrs())
@@ -443,7 +450,7 @@ func (r *e2eRun) hostClient(conns int) (*fasthttp.HostClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &fasthttp.HostClient{
+	c := &fasthttp.HostClient{
 		Addr:     u.Host,
 		MaxConns: conns,
 		Dial: func(addr string) (net.Conn, error) {
@@ -453,7 +460,9 @@ func (r *e2eRun) hostClient(conns int) (*fasthttp.HostClient, error) {
 		},
 		ReadTimeout:  e2eRequestTimeout,
 		WriteTimeout: e2eRequestTimeout,
-	}, nil
+	}
+	r.hosts = append(r.hosts, c)
+	return c, nil
 }
 
 // newPost builds a POST to path with the bearer token and a JSON body
