@@ -302,10 +302,47 @@ type Dispatcher struct {
 
 	// matchLatency is from the start of a search to its first offer.
 	matchLatency positions.LatencyHistogram
+	// phases splits the way to each first offer (see Phase).
+	phases [NumPhases]positions.LatencyHistogram
 }
 
 // MatchLatency returns the distribution of request-to-first-offer times.
 func (d *Dispatcher) MatchLatency() positions.LatencySnapshot { return d.matchLatency.Snapshot() }
+
+// Phase is a step of a search on its way to the ride's first offer. The
+// phases follow one another, so a slow first offer shows in which step it
+// lost its time; each is observed once per first offer (searches that
+// never offer are not counted), after a pause for want of a driver find
+// is the match that succeeded.
+type Phase int
+
+const (
+	// PhaseStart is from the search being started (the ride stored) to
+	// its goroutine running: time spent waiting for a CPU.
+	PhaseStart Phase = iota
+	// PhaseFind is the match that found the offered driver: gather, rank
+	// and reserve, and the reservations of the round's other offers.
+	PhaseFind
+	// PhaseRecord is the offer's compare-and-set in the ride store.
+	PhaseRecord
+	// PhaseSend is handing the offer frames to the drivers' connections.
+	PhaseSend
+	// NumPhases counts the phases.
+	NumPhases
+)
+
+var phaseNames = [NumPhases]string{"start", "find", "record", "send"}
+
+// String names p as the metrics label it.
+func (p Phase) String() string {
+	if p < 0 || p >= NumPhases {
+		return fmt.Sprintf("Phase(%d)", int(p))
+	}
+	return phaseNames[p]
+}
+
+// PhaseLatency returns the distribution of phase p over the first offers.
+func (d *Dispatcher) PhaseLatency(p Phase) positions.LatencySnapshot { return d.phases[p].Snapshot() }
 
 // NewDispatcher returns a dispatcher.
 func NewDispatcher(cfg DispatcherConfig) (*Dispatcher, error) {
@@ -380,11 +417,12 @@ func (d *Dispatcher) StartTracked(r Ride) error {
 
 	d.searched.Add(1)
 	stopWake := context.AfterFunc(ctx, s.poke) // wakes a parked search at shutdown or deadline
+	queued := time.Now()
 	go func() {
 		defer d.wg.Done()
 		defer cancel()
 		defer stopWake()
-		last := d.run(ctx, r, s)
+		last := d.run(ctx, r, s, queued)
 		if d.base.Err() == nil { // at shutdown the sweep of a survivor ends it
 			d.settle(last)
 		}
@@ -606,7 +644,9 @@ type OfferMessage struct {
 // record, so the first offer takes one write after the reservation, not
 // a write of "searching" beside it, and the ride's events keep their
 // order.
-func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
+//
+// queued is when the search was started, for PhaseStart.
+func (d *Dispatcher) run(ctx context.Context, r Ride, s *search, queued time.Time) Ride {
 	log := d.cfg.Logger.With("ride", r.ID)
 	// Writes that must land even when the search is cancelled or timed out
 	// use final(ctx).
@@ -627,6 +667,7 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 	}
 	for offers := 0; offers < d.cfg.MaxOffers; {
 		s.setFinding(true)
+		found := time.Now()
 		m, err := d.cfg.Finder.Match(ctx, matcher.MatchRequest{Ride: matcher.RideID(r.ID), Pickup: r.Pickup, Exclude: tried})
 		o := Offer{Driver: m.Driver.ID, Token: m.Token, ETA: m.ETA, DistanceM: m.Driver.DistanceM}
 		if err != nil && r.State == Requested && ctx.Err() == nil {
@@ -669,6 +710,7 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 		for _, x := range round {
 			tried = append(tried, x.Driver)
 		}
+		recorded := time.Now()
 		if err = d.applySearched(ctx, &r, Event{Kind: EvOffer, Driver: o.Driver, ETA: o.ETA}); err != nil {
 			d.releaseAll(ctx, r.ID, round)
 			if errors.Is(err, ErrIllegalTransition) { // cancelled meanwhile
@@ -679,8 +721,13 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 			continue
 		}
 		d.offers.Add(uint64(len(round)))
-		if offers == 1 {
-			d.matchLatency.Observe(time.Since(started))
+		sending := time.Now()
+		first := offers == 1
+		if first {
+			d.matchLatency.Observe(sending.Sub(started))
+			d.phases[PhaseStart].Observe(started.Sub(queued))
+			d.phases[PhaseFind].Observe(recorded.Sub(found))
+			d.phases[PhaseRecord].Observe(sending.Sub(recorded))
 		}
 		expires := d.cfg.Now().Add(d.cfg.OfferTimeout)
 		// The round is open to answers before its offers leave: a driver
@@ -698,6 +745,9 @@ func (d *Dispatcher) run(ctx context.Context, r Ride, s *search) Ride {
 			// queue is full): do not make the rider wait the timeout.
 			d.timedOut.Add(1)
 			d.releaseAll(ctx, r.ID, []Offer{x})
+		}
+		if first {
+			d.phases[PhaseSend].Observe(time.Since(sending))
 		}
 		if len(live) == 0 {
 			s.setOffered(nil)

@@ -314,3 +314,41 @@ func TestSearchOfARideSearchedElsewhere(t *testing.T) {
 		t.Fatalf("outbox versions %v, want [1 2 3]", vs)
 	}
 }
+
+// TestFirstOfferPhases checks that the phases of a ride's way to its first
+// offer are each counted once and add up to no more than the match
+// latency they split.
+func TestFirstOfferPhases(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	sent := make(offers, 1)
+	disp, store, _ := oneDriverDispatcher(t, rdb, "d1", sent)
+	startSearch(t, disp, store, "r-phases")
+	if o := <-sent; o.Ride != "r-phases" {
+		t.Fatalf("offer of %s", o.Ride)
+	}
+	// The send phase ends after the notifier returns: wait for it.
+	deadline := time.Now().Add(10 * time.Second)
+	for disp.PhaseLatency(dispatch.PhaseSend).Count == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("send phase never observed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	match := disp.MatchLatency()
+	var inMatch time.Duration
+	for p := range dispatch.NumPhases {
+		s := disp.PhaseLatency(p)
+		if s.Count != 1 {
+			t.Errorf("phase %s: %d observations, want 1", p, s.Count)
+		}
+		if p == dispatch.PhaseFind || p == dispatch.PhaseRecord {
+			inMatch += s.Sum
+		}
+	}
+	if match.Count != 1 || inMatch > match.Sum || inMatch <= 0 {
+		t.Errorf("find and record took %v, the match %v (%d observed)", inMatch, match.Sum, match.Count)
+	}
+	if got := fmt.Sprint(dispatch.PhaseStart, dispatch.PhaseFind, dispatch.PhaseRecord, dispatch.PhaseSend, dispatch.NumPhases); got != "start find record send Phase(4)" {
+		t.Errorf("phase names %q", got)
+	}
+}

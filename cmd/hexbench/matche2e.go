@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -18,6 +19,9 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/errgroup"
 
@@ -301,6 +305,7 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	// The engine's CPU over the ride loop: under load from other jobs the
 	// latencies say little, the CPU spent per ride still compares.
 	cpu0, _ := engineSum(base, "process_cpu_seconds_total")
+	phases0, phaseErr := enginePhases(base)
 	var rcpu0 float64
 	if peer != nil {
 		rcpu0 = redisCPU(ctx, peer)
@@ -342,6 +347,9 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	noOffer := r.created.Load() - int64(len(t.samples))
 	r.ridesMu.Unlock()
 	engineStats := engineOfferStats(base)
+	if phases1, err := enginePhases(base); err == nil && phaseErr == nil {
+		engineStats += "; " + phaseNote(phases0, phases1)
+	}
 	if c := r.created.Load(); c > 0 && cpu1 > cpu0 {
 		engineStats += fmt.Sprintf(", %.2f ms engine CPU per created ride over the loop (%.2f cores)", (cpu1-cpu0)*1e3/float64(c), (cpu1-cpu0)/elapsed.Seconds())
 	}
@@ -881,6 +889,64 @@ func engineSum(base, name string) (float64, error) {
 		return 0, errors.New("engine: " + name + " not in /metrics")
 	}
 	return sum, nil
+}
+
+// phaseBuckets is the engine's hexd_match_phase_seconds at one moment:
+// by phase, the cumulative bucket counts by upper bound (seconds,
+// ascending).
+type phaseBuckets map[string][]*dto.Bucket
+
+// enginePhases reads hexd_match_phase_seconds from the engine's /metrics.
+func enginePhases(base string) (phaseBuckets, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	fam, ok := fams["hexd_match_phase_seconds"]
+	if !ok {
+		return nil, errors.New("engine: hexd_match_phase_seconds not in /metrics")
+	}
+	out := phaseBuckets{}
+	for _, m := range fam.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "phase" {
+				out[l.GetValue()] = m.GetHistogram().GetBucket()
+			}
+		}
+	}
+	return out, nil
+}
+
+// phaseNote gives the p99 of each phase of the first offers between two
+// readings, as the upper bound of its bucket (the engine's buckets double,
+// so the figure overstates by less than a factor of two).
+func phaseNote(before, after phaseBuckets) string {
+	var parts []string
+	for _, ph := range []string{"start", "find", "record", "send"} {
+		a, b := after[ph], before[ph]
+		if len(a) == 0 || len(b) != len(a) {
+			return "engine phases unknown"
+		}
+		total := a[len(a)-1].GetCumulativeCount() - b[len(b)-1].GetCumulativeCount()
+		if total == 0 {
+			return "engine phases unknown (no first offers)"
+		}
+		le := math.Inf(1)
+		for i := range a {
+			if n := a[i].GetCumulativeCount() - b[i].GetCumulativeCount(); float64(n) >= 0.99*float64(total) {
+				le = a[i].GetUpperBound()
+				break
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%s %.3g ms", ph, le*1e3))
+	}
+	return "engine phases of the first offers, p99 at most: " + strings.Join(parts, ", ")
 }
 
 // engineOfferStats summarises the engine's own dispatch counters.

@@ -5,9 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"math"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 )
 
 // TestMatchE2EWorkload runs match-e2e at a toy size against a real engine
@@ -38,6 +43,9 @@ func TestMatchE2EWorkload(t *testing.T) {
 	}
 	if !strings.Contains(r.Note, "engine ") {
 		t.Fatalf("note %q does not name the engine's revision", r.Note)
+	}
+	if !regexp.MustCompile(`engine phases of the first offers, p99 at most: start [0-9.e+-]+ ms, find [0-9.e+-]+ ms, record [0-9.e+-]+ ms, send [0-9.e+-]+ ms`).MatchString(r.Note) {
+		t.Fatalf("note %q has no phase breakdown", r.Note)
 	}
 }
 
@@ -72,5 +80,33 @@ func TestMatchE2EOnRedisServer(t *testing.T) {
 	}
 	if len(systems) != 2 || systems[0] != "hexdispatch" || systems[1] != e2eRedisSystem {
 		t.Fatalf("systems %v, want hexdispatch then %s", systems, e2eRedisSystem)
+	}
+}
+
+// TestPhaseNote reads each phase's p99 from the difference of two
+// cumulative readings, as the upper bound of the bucket that reaches it.
+func TestPhaseNote(t *testing.T) {
+	bucket := func(le float64, cum uint64) *dto.Bucket {
+		return &dto.Bucket{UpperBound: proto.Float64(le), CumulativeCount: proto.Uint64(cum)}
+	}
+	reading := func(c1, c2, c3 uint64) phaseBuckets {
+		b := phaseBuckets{}
+		for _, ph := range []string{"start", "find", "record", "send"} {
+			b[ph] = []*dto.Bucket{bucket(0.001, c1), bucket(0.002, c2), bucket(math.Inf(1), c3)}
+		}
+		return b
+	}
+	// 1,000 observations after the first reading: 980 under 1 ms, 15 in
+	// (1, 2] ms, 5 above: p99 is in the second bucket.
+	before, after := reading(500, 500, 500), reading(1480, 1495, 1500)
+	if got, want := phaseNote(before, after), "engine phases of the first offers, p99 at most: start 2 ms, find 2 ms, record 2 ms, send 2 ms"; got != want {
+		t.Errorf("phaseNote = %q, want %q", got, want)
+	}
+	if got := phaseNote(before, before); !strings.Contains(got, "no first offers") {
+		t.Errorf("no observations: %q", got)
+	}
+	delete(after, "send")
+	if got := phaseNote(before, after); got != "engine phases unknown" {
+		t.Errorf("phase missing: %q", got)
 	}
 }

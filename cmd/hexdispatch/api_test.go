@@ -107,7 +107,9 @@ func TestRunMatchesARide(t *testing.T) {
 	}
 	code, body := get(t, base+"/metrics")
 	if code != 200 || sumMetric(body, "hexd_dispatch_offers_total") < 2 || sumMetric(body, "hexd_gateway_positions_total") < 1 ||
-		sumMetric(body, "hexd_match_latency_seconds_count") < 1 || !strings.Contains(body, `hexd_ride_transitions_total{state="completed"} 1`) ||
+		sumMetric(body, "hexd_match_latency_seconds_count") < 1 ||
+		sumMetric(body, "hexd_match_phase_seconds_count") != 4*sumMetric(body, "hexd_match_latency_seconds_count") ||
+		!strings.Contains(body, `hexd_match_phase_seconds_count{phase="record"} `) || !strings.Contains(body, `hexd_ride_transitions_total{state="completed"} 1`) ||
 		!strings.Contains(body, `hexd_leases_total{result="committed"} 1`) ||
 		!strings.Contains(body, `hexd_http_request_duration_seconds_count{code="201",method="POST",route="POST /v1/rides"} 1`) {
 		t.Fatalf("metrics missing dispatch counters:\n%s", body)

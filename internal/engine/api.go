@@ -424,6 +424,7 @@ var (
 	descLeases          = prometheus.NewDesc("hexd_leases_total", "Driver lease calls by result (reserved, taken: lost to another ride, committed, commit_lost, released, release_lost, unavailable: Redis not reached), and candidates a match skipped on a held hint (skipped).", []string{"result"}, nil)
 	descRelay           = prometheus.NewDesc("hexd_ride_events_total", "Ride events moved to Kafka, and relay errors.", []string{"result"}, nil)
 	descMatchLatency    = prometheus.NewDesc("hexd_match_latency_seconds", "Time from a ride request to its first offer.", nil, nil)
+	descMatchPhase      = prometheus.NewDesc("hexd_match_phase_seconds", "The steps of the way to each ride's first offer: start (waiting for a CPU), find (gather, rank, reserve), record (the offer written to the ride store), send (the offer handed to the driver's connection).", []string{"phase"}, nil)
 	descRideStates      = prometheus.NewDesc("hexd_ride_transitions_total", "Rides this process moved into each state.", []string{"state"}, nil)
 	descWSConns         = prometheus.NewDesc("hexd_gateway_websockets", "Driver WebSockets open.", nil, nil)
 	descThrottled       = prometheus.NewDesc("hexd_gateway_throttled_total", "Driver positions dropped under load (a fresher one from the same driver came less than 2 s before).", nil, nil)
@@ -484,6 +485,9 @@ func (c apiCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstHistogram(descPolicyETAHist, st.Matched, st.ETASum.Seconds(), buckets, string(p))
 	}
 	ch <- histogram(descMatchLatency, c.a.disp.MatchLatency())
+	for p := range dispatch.NumPhases {
+		ch <- histogram(descMatchPhase, c.a.disp.PhaseLatency(p), p.String())
+	}
 	for st := dispatch.Requested; st.Valid(); st++ {
 		ch <- prometheus.MustNewConstMetric(descRideStates, prometheus.CounterValue, float64(c.a.store.Entered(st)), st.String())
 	}

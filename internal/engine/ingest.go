@@ -269,12 +269,12 @@ func (c ingestCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // histogram turns a latency snapshot into a Prometheus histogram.
-func histogram(d *prometheus.Desc, s positions.LatencySnapshot) prometheus.Metric {
+func histogram(d *prometheus.Desc, s positions.LatencySnapshot, labels ...string) prometheus.Metric {
 	buckets := make(map[float64]uint64, len(s.Upper)-1)
 	var cum uint64
 	for i := range len(s.Upper) - 1 {
 		cum += s.Counts[i]
 		buckets[s.Upper[i].Seconds()] = cum
 	}
-	return prometheus.MustNewConstHistogram(d, s.Count, s.Sum.Seconds(), buckets)
+	return prometheus.MustNewConstHistogram(d, s.Count, s.Sum.Seconds(), buckets, labels...)
 }
