@@ -347,11 +347,11 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	noOffer := r.created.Load() - int64(len(t.samples))
 	r.ridesMu.Unlock()
 	engineStats := engineOfferStats(base)
-	if phases1, err := enginePhases(base); err == nil && phaseErr == nil {
-		engineStats += "; " + phaseNote(phases0, phases1)
-	}
 	if c := r.created.Load(); c > 0 && cpu1 > cpu0 {
 		engineStats += fmt.Sprintf(", %.2f ms engine CPU per created ride over the loop (%.2f cores)", (cpu1-cpu0)*1e3/float64(c), (cpu1-cpu0)/elapsed.Seconds())
+	}
+	if phases1, err := enginePhases(base); err == nil && phaseErr == nil {
+		engineStats += "; " + phaseNote(phases0, phases1)
 	}
 	if peer != nil {
 		engineStats += "; " + redisPerRide(ctx, peer, r.created.Load())
