@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -306,11 +307,13 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	// latencies say little, the CPU spent per ride still compares.
 	cpu0, _ := engineSum(base, "process_cpu_seconds_total")
 	phases0, phaseErr := enginePhases(base)
+	self0 := cpuTime()
 	var rcpu0 float64
 	if peer != nil {
 		rcpu0 = redisCPU(ctx, peer)
 	}
 	elapsed, lag := r.requestRides(gctx, riders, env)
+	self := cpuTime() - self0
 	cpu1, _ := engineSum(base, "process_cpu_seconds_total")
 	var rcpu1 float64
 	if peer != nil {
@@ -348,7 +351,8 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	r.ridesMu.Unlock()
 	engineStats := engineOfferStats(base)
 	if c := r.created.Load(); c > 0 && cpu1 > cpu0 {
-		engineStats += fmt.Sprintf(", %.2f ms engine CPU per created ride over the loop (%.2f cores)", (cpu1-cpu0)*1e3/float64(c), (cpu1-cpu0)/elapsed.Seconds())
+		engineStats += fmt.Sprintf(", %.2f ms engine CPU per created ride over the loop (%.2f cores; hexbench itself %.2f cores at GOMAXPROCS %d)",
+			(cpu1-cpu0)*1e3/float64(c), (cpu1-cpu0)/elapsed.Seconds(), self.Seconds()/elapsed.Seconds(), runtime.GOMAXPROCS(0))
 	}
 	if phases1, err := enginePhases(base); err == nil && phaseErr == nil {
 		engineStats += "; " + phaseNote(phases0, phases1)
