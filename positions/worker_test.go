@@ -567,3 +567,70 @@ func TestWorkerSignalsOwnedChanges(t *testing.T) {
 	wait(w1, "the first worker gave partitions up", func(o map[positions.Partition]int64) bool { return len(o) < 4 })
 	wait(w2, "the second worker owns some", func(o map[positions.Partition]int64) bool { return len(o) > 0 })
 }
+
+// TestWorkerQueriesDuringIngest queries the worker from several goroutines
+// while drivers' moves stream in (each owner answers queries between
+// record batches): every answer is sorted and names drivers at seqs that
+// were published, and once the stream ends the answers hold every driver
+// at its last seq.
+func TestWorkerQueriesDuringIngest(t *testing.T) {
+	const parts, drivers, moves = 4, 200, 10
+	_, brokers := startCluster(t, parts)
+	p := runPublisher(t, publisherConfig(brokers, parts))
+	w := startWorker(t, workerConfig(brokers))
+	eventually(t, "worker ready", 30*time.Second, func() bool { return w.Ready() })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stop := make(chan struct{})
+	var g errgroup.Group
+	for range 4 {
+		g.Go(func() error {
+			for {
+				select {
+				case <-stop:
+					return nil
+				default:
+				}
+				resp, err := w.Nearest(ctx, positions.NearestRequest{Partitions: allPartitions(parts), Center: sfCenter, K: 50, RadiusM: 60_000})
+				if err != nil {
+					return err
+				}
+				for i, c := range resp.Candidates {
+					if c.Seq < 1 || c.Seq > moves {
+						return fmt.Errorf("driver %s at seq %d, published 1..%d", c.ID, c.Seq, moves)
+					}
+					if i > 0 && c.DistanceM < resp.Candidates[i-1].DistanceM {
+						return fmt.Errorf("answer not sorted at %d", i)
+					}
+				}
+			}
+		})
+	}
+	rng := rand.New(rand.NewPCG(testSeed(t), 5))
+	for seq := uint64(1); seq <= moves; seq++ {
+		for i := range drivers {
+			ev := positions.Event{Driver: positions.DriverID(fmt.Sprint("m", i)), Pos: randomPos(rng), Status: positions.StatusAvailable, Seq: seq}
+			if err := p.Publish(ev); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "worker caught up", 30*time.Second, func() bool { return caughtUp(t, w.Worker) })
+	close(stop)
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	all, missed := snapshot(t, allPartitions(parts), w.Worker)
+	if len(all) != drivers || len(missed) != 0 {
+		t.Fatalf("%d drivers (missed %v), want %d", len(all), missed, drivers)
+	}
+	for id, d := range all {
+		if d.Seq != moves {
+			t.Errorf("driver %s at seq %d, want %d", id, d.Seq, moves)
+		}
+	}
+}
