@@ -237,6 +237,9 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	}
 	defer stop()
 	r.base = base
+	if env.ClientProcs > 0 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(env.ClientProcs))
+	}
 	if env.Nice > 0 {
 		restore, err := lowerPriority(env.Nice)
 		if err != nil {
@@ -366,7 +369,7 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 
 	errs := r.httpErrs.Load() + r.skipped.Load() + noOffer + r.driverErrs.Load()
 	res := Result{
-		System: system, Workload: "match-e2e", Drivers: n,
+		System: system, Workload: "match-e2e", Drivers: n, GOMAXPROCS: runtime.GOMAXPROCS(0),
 		OpsPerS:    round(float64(r.created.Load()) / elapsed.Seconds()),
 		TargetPerS: env.Rate,
 		P50us:      round(t.Percentile(50)), P99us: round(t.Percentile(99)),

@@ -33,7 +33,7 @@ func TestMatchE2EWorkload(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
 		t.Fatalf("result %q: %v", out.String(), err)
 	}
-	if r.Workload != "match-e2e" || r.Drivers != 300 || r.TargetPerS != 20 {
+	if r.Workload != "match-e2e" || r.Drivers != 300 || r.TargetPerS != 20 || r.GOMAXPROCS != 1 {
 		t.Fatalf("result %+v", r)
 	}
 	// Every created ride is offered to a driver on a WebSocket: at least

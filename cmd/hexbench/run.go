@@ -15,21 +15,22 @@ import (
 )
 
 type config struct {
-	workloads  []string
-	drivers    []int
-	duration   time.Duration
-	seed       uint64
-	cpuProfile string
-	memProfile string
-	peer       string
-	redisPath  string
-	rate       float64
-	wsDrivers  int
-	apiProcs   int
-	nice       int
-	ratios     string
-	refresh    time.Duration
-	goBench    string
+	workloads   []string
+	drivers     []int
+	duration    time.Duration
+	seed        uint64
+	cpuProfile  string
+	memProfile  string
+	peer        string
+	redisPath   string
+	rate        float64
+	wsDrivers   int
+	apiProcs    int
+	nice        int
+	clientProcs int
+	ratios      string
+	refresh     time.Duration
+	goBench     string
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -48,6 +49,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.wsDrivers, "ws-drivers", 0, "match-e2e: drivers that hold a WebSocket (the rest report over HTTP); 0 = as many as the open-file limit allows")
 	fs.IntVar(&c.apiProcs, "api-procs", 0, "ws-conns: api processes to spread the connections over (split roles with a worker, devbroker and redis-server); 0 = as few as the open-file limit allows")
 	fs.IntVar(&c.nice, "nice", 0, "match-e2e: once the engine has started, lower hexbench's own CPU priority by this much (0-19; the engine and redis-server keep theirs), so that on a machine it shares with them the load generator gives way; its own delays still count in the latencies it reports")
+	fs.IntVar(&c.clientProcs, "client-procs", 1, "match-e2e: GOMAXPROCS of hexbench's own client side while it runs (the engine it starts keeps every core): its goroutines mostly wait on sockets, and one P spares the machine the wake-ups across a second; 0 = leave it")
 	fs.DurationVar(&c.refresh, "refresh", 10*time.Second, "match-e2e: each driver reports its position again this often (the engine's TTL is three of these)")
 	fs.StringVar(&c.goBench, "gobench", "", "convert `go test -bench` output (a file; - for stdin) into result lines and exit")
 	fs.StringVar(&c.ratios, "ratios", "", "print the ratio table of a results file (JSON lines of earlier runs; - for stdin) and exit")
@@ -82,6 +84,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.apiProcs < 0 || c.apiProcs > 64 {
 		return c, fmt.Errorf("-api-procs %d: want 0 to 64", c.apiProcs)
+	}
+	if c.clientProcs < 0 || c.clientProcs > 256 {
+		return c, fmt.Errorf("-client-procs %d: want 0 to 256", c.clientProcs)
 	}
 	if c.nice < 0 || c.nice > 19 {
 		return c, fmt.Errorf("-nice %d: want 0 to 19", c.nice)
@@ -140,7 +145,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 				return err
 			}
 			fmt.Fprintf(stderr, "hexbench: %s drivers=%d ...\n", name, n)
-			env := Env{Drivers: n, Duration: cfg.duration, Seed: cfg.seed, Progress: stderr, Rate: cfg.rate, WSDrivers: cfg.wsDrivers, Refresh: cfg.refresh, APIProcs: cfg.apiProcs, Nice: cfg.nice}
+			env := Env{Drivers: n, Duration: cfg.duration, Seed: cfg.seed, Progress: stderr, Rate: cfg.rate, WSDrivers: cfg.wsDrivers, Refresh: cfg.refresh, APIProcs: cfg.apiProcs, Nice: cfg.nice, ClientProcs: cfg.clientProcs}
 			results, err := w.Run(ctx, env)
 			if err != nil {
 				return fmt.Errorf("%s (drivers=%d): %w", name, n, err)
@@ -154,7 +159,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 				results = append(results, pr...)
 			}
 			for _, r := range results {
-				r.GOMAXPROCS = runtime.GOMAXPROCS(0)
+				if r.GOMAXPROCS == 0 { // a workload that changes it says what it ran at
+					r.GOMAXPROCS = runtime.GOMAXPROCS(0)
+				}
 				if err := writeResult(stdout, r); err != nil {
 					return err
 				}

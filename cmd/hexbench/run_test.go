@@ -62,6 +62,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"-drivers", "0"},
 		{"-drivers", "ten"},
 		{"-duration", "-1s"},
+		{"-client-procs", "-1"},
 		{"stray"},
 	} {
 		if err := run(context.Background(), args, io.Discard, io.Discard); err == nil {

@@ -58,6 +58,9 @@ type Env struct {
 	// Nice lowers hexbench's own CPU priority by this much while
 	// match-e2e runs, once the engine is started (see lowerPriority).
 	Nice int
+	// ClientProcs is hexbench's GOMAXPROCS while match-e2e runs (0: as
+	// it is).
+	ClientProcs int
 }
 
 // Workload is one named benchmark.
