@@ -935,7 +935,8 @@ func enginePhases(base string) (phaseBuckets, error) {
 // so the figure overstates by less than a factor of two).
 func phaseNote(before, after phaseBuckets) string {
 	var parts []string
-	for _, ph := range []string{"start", "find", "record", "send"} {
+	for p := range dispatch.NumPhases {
+		ph := p.String()
 		a, b := after[ph], before[ph]
 		if len(a) == 0 || len(b) != len(a) {
 			return "engine phases unknown"

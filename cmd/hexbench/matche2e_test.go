@@ -13,6 +13,8 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/hexdispatch/hexdispatch/dispatch"
 )
 
 // TestMatchE2EWorkload runs match-e2e at a toy size against a real engine
@@ -91,8 +93,8 @@ func TestPhaseNote(t *testing.T) {
 	}
 	reading := func(c1, c2, c3 uint64) phaseBuckets {
 		b := phaseBuckets{}
-		for _, ph := range []string{"start", "find", "record", "send"} {
-			b[ph] = []*dto.Bucket{bucket(0.001, c1), bucket(0.002, c2), bucket(math.Inf(1), c3)}
+		for p := range dispatch.NumPhases {
+			b[p.String()] = []*dto.Bucket{bucket(0.001, c1), bucket(0.002, c2), bucket(math.Inf(1), c3)}
 		}
 		return b
 	}
