@@ -62,26 +62,36 @@ type RelayConfig struct {
 	ScanEvery time.Duration
 	// Queue bounds the notices waiting; when full, notices are dropped and
 	// the sweep finds those outboxes.
-	Queue  int
+	Queue int
+	// Linger is how long a pass waits, after the notice that starts it,
+	// for more rides to drain with it (up to Batch): under load one pass
+	// then moves the events of many rides in its three round trips instead
+	// of a pass per transition. 0 drains what is queued at once. Events
+	// reach Kafka at most this much later; the apps' read model (the ride
+	// in Redis) does not wait for it.
+	Linger time.Duration
 	Logger *slog.Logger
 }
 
 // DefaultRelayConfig returns the defaults.
 func DefaultRelayConfig() RelayConfig {
-	return RelayConfig{Topic: DefaultRideEventsTopic, Batch: 100, ScanEvery: 5 * time.Second, Queue: 4096, Logger: slog.Default()}
+	return RelayConfig{Topic: DefaultRideEventsTopic, Batch: 100, ScanEvery: 5 * time.Second, Queue: 4096,
+		Linger: 5 * time.Millisecond, Logger: slog.Default()}
 }
 
 // Validate checks c.
 func (c RelayConfig) Validate() error {
-	if c.Topic == "" || c.Batch < 1 || c.ScanEvery <= 0 || c.Queue < 1 || c.Logger == nil {
-		return fmt.Errorf("relay config: want a topic, Batch >= 1, ScanEvery > 0, Queue >= 1 and a logger (got %+v)", c)
+	if c.Topic == "" || c.Batch < 1 || c.ScanEvery <= 0 || c.Queue < 1 || c.Linger < 0 || c.Linger > time.Second || c.Logger == nil {
+		return fmt.Errorf("relay config: want a topic, Batch >= 1, ScanEvery > 0, Queue >= 1, Linger in [0, 1s] and a logger (got %+v)", c)
 	}
 	return nil
 }
 
-// RelayStats counts what a Relay did.
+// RelayStats counts what a Relay did: events produced, notices dropped,
+// errors, and the passes that moved events (each one read, one produce and
+// one trim for all the rides it drained).
 type RelayStats struct {
-	Produced, Dropped, Errors uint64
+	Produced, Dropped, Errors, Passes uint64
 }
 
 // Relay moves ride events from the rides' Redis outboxes to Kafka, oldest
@@ -91,9 +101,9 @@ type RelayStats struct {
 // one.
 //
 // It drains many rides at once: the outboxes of every ride it was told
-// about since the last pass (up to Batch rides) are read in one pipelined
-// round trip, produced in one ProduceSync and trimmed in one more round
-// trip. A ride's events keep their order: they are read in order, go to
+// about since the last pass or within Linger of the notice that starts it
+// (up to Batch rides) are read in one pipelined round trip, produced in
+// one ProduceSync and trimmed in one more round trip. A ride's events keep their order: they are read in order, go to
 // one partition under the ride's key in one produce, and a ride's events
 // are removed only when all of them were acknowledged.
 //
@@ -105,7 +115,7 @@ type Relay struct {
 	cfg   RelayConfig
 	wake  chan RideID
 
-	produced, dropped, errs atomic.Uint64
+	produced, dropped, errs, passes atomic.Uint64
 }
 
 // NewRelay returns a relay from store to the Kafka client cl (owned by the
@@ -129,7 +139,7 @@ func (r *Relay) Notify(id RideID) {
 
 // Stats returns the counters.
 func (r *Relay) Stats() RelayStats {
-	return RelayStats{Produced: r.produced.Load(), Dropped: r.dropped.Load(), Errors: r.errs.Load()}
+	return RelayStats{Produced: r.produced.Load(), Dropped: r.dropped.Load(), Errors: r.errs.Load(), Passes: r.passes.Load()}
 }
 
 // Run drains outboxes until ctx ends: those it is notified of at once, and
@@ -143,7 +153,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case id := <-r.wake:
-			ids := r.queued(id)
+			ids := r.queued(ctx, id)
 			if err := r.drain(ctx, ids); err != nil && ctx.Err() == nil {
 				r.cfg.Logger.Warn("ride events: drain failed; the sweep retries", "rides", len(ids), "err", err)
 			}
@@ -154,19 +164,36 @@ func (r *Relay) Run(ctx context.Context) error {
 }
 
 // queued returns first and the distinct rides notified after it, up to
-// Batch, without waiting.
-func (r *Relay) queued(first RideID) []RideID {
+// Batch: those queued already, and those that come within Linger.
+func (r *Relay) queued(ctx context.Context, first RideID) []RideID {
 	ids := []RideID{first}
 	seen := map[RideID]bool{first: true}
+	var until <-chan time.Time
+	if r.cfg.Linger > 0 {
+		t := time.NewTimer(r.cfg.Linger)
+		defer t.Stop()
+		until = t.C
+	}
 	for len(ids) < r.cfg.Batch {
-		select {
-		case id := <-r.wake:
-			if !seen[id] {
-				seen[id] = true
-				ids = append(ids, id)
+		var id RideID
+		if until == nil {
+			select {
+			case id = <-r.wake:
+			default:
+				return ids
 			}
-		default:
-			return ids
+		} else {
+			select {
+			case id = <-r.wake:
+			case <-until:
+				return ids
+			case <-ctx.Done():
+				return ids
+			}
+		}
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
 		}
 	}
 	return ids
@@ -269,6 +296,7 @@ func (r *Relay) drainOnce(ctx context.Context, ids []RideID) (more []RideID, err
 	if len(recs) == 0 {
 		return nil, nil
 	}
+	r.passes.Add(1)
 	// A ride whose events were not all acknowledged keeps them all: the
 	// next pass sends them again, in order (duplicates, never a gap).
 	failed := map[string]bool{}

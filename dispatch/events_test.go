@@ -227,3 +227,90 @@ func TestRelayBatchesKeepOrderAndLoseNothing(t *testing.T) {
 		t.Fatalf("%d distinct events, want %d", len(firsts), rides*7)
 	}
 }
+
+// TestRelayLingerDrainsNoticesInOnePass: the rides notified within Linger
+// of the first notice go out in one pass, and a notice after a pass
+// starts the next one.
+func TestRelayLingerDrainsNoticesInOnePass(t *testing.T) {
+	s, srv := newStore(t)
+	kc := newKafka(t)
+	cfg := dispatch.DefaultRelayConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.ScanEvery = time.Hour // only the sweep at start, before any ride
+	cfg.Linger = 300 * time.Millisecond
+	relay, err := dispatch.NewRelay(s, newProducer(t, kc.ListenAddrs()), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	// waitEmpty waits until ids' outboxes are drained.
+	waitEmpty := func(ids ...dispatch.RideID) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for _, id := range ids {
+			for len(outboxVersions(t, srv, id)) > 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("ride %s: events still in its outbox", id)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+	}
+	// A first ride on its own, written while the relay's first sweep may
+	// still run (it may take some of the ride's events in a pass of its
+	// own); once it is out, the relay waits for notices.
+	ridePath(t, s, "rl0")
+	relay.Notify("rl0")
+	waitEmpty("rl0")
+	before := relay.Stats()
+	if before.Produced != 7 || before.Passes < 1 {
+		t.Fatalf("after one ride: %+v, want its 7 events", before)
+	}
+	// Ten rides notified one after the other, well within the linger.
+	const rides = 10
+	ids := make([]dispatch.RideID, rides)
+	for i := range ids {
+		ids[i] = dispatch.RideID(fmt.Sprintf("rl%d", i+1))
+		ridePath(t, s, ids[i])
+	}
+	for _, id := range ids {
+		relay.Notify(id)
+	}
+	waitEmpty(ids...)
+	if st := relay.Stats(); st.Passes != before.Passes+1 || st.Produced != 7*(rides+1) || st.Errors != 0 {
+		t.Fatalf("after ten more rides: %+v, want one more pass than %d and %d events in all", st, before.Passes, 7*(rides+1))
+	}
+	checkLog(t, consumeAll(t, kc.ListenAddrs(), 7*(rides+1)), rides+1)
+}
+
+func TestRelayConfigValidate(t *testing.T) {
+	if err := dispatch.DefaultRelayConfig().Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	for name, mod := range map[string]func(*dispatch.RelayConfig){
+		"no topic":        func(c *dispatch.RelayConfig) { c.Topic = "" },
+		"zero batch":      func(c *dispatch.RelayConfig) { c.Batch = 0 },
+		"zero scan":       func(c *dispatch.RelayConfig) { c.ScanEvery = 0 },
+		"zero queue":      func(c *dispatch.RelayConfig) { c.Queue = 0 },
+		"negative linger": func(c *dispatch.RelayConfig) { c.Linger = -time.Millisecond },
+		"linger over 1s":  func(c *dispatch.RelayConfig) { c.Linger = 2 * time.Second },
+		"no logger":       func(c *dispatch.RelayConfig) { c.Logger = nil },
+	} {
+		c := dispatch.DefaultRelayConfig()
+		mod(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+		if _, err := dispatch.NewRelay(nil, nil, c); err == nil {
+			t.Errorf("%s: NewRelay accepted it", name)
+		}
+	}
+}

@@ -423,6 +423,7 @@ var (
 	descDispatchErrors  = prometheus.NewDesc("hexd_dispatch_errors_total", "Errors inside ride searches.", nil, nil)
 	descLeases          = prometheus.NewDesc("hexd_leases_total", "Driver lease calls by result (reserved, taken: lost to another ride, committed, commit_lost, released, release_lost, unavailable: Redis not reached), and candidates a match skipped on a held hint (skipped).", []string{"result"}, nil)
 	descRelay           = prometheus.NewDesc("hexd_ride_events_total", "Ride events moved to Kafka, and relay errors.", []string{"result"}, nil)
+	descRelayPasses     = prometheus.NewDesc("hexd_ride_event_passes_total", "Relay passes that moved ride events to Kafka (one read, one produce, one trim each, for every ride in the pass).", nil, nil)
 	descMatchLatency    = prometheus.NewDesc("hexd_match_latency_seconds", "Time from a ride request to its first offer.", nil, nil)
 	descMatchPhase      = prometheus.NewDesc("hexd_match_phase_seconds", "The steps of the way to each ride's first offer: start (waiting for a CPU), find (gather, rank, reserve), record (the offer written to the ride store), send (the offer handed to the driver's connection).", []string{"phase"}, nil)
 	descRideStates      = prometheus.NewDesc("hexd_ride_transitions_total", "Rides this process moved into each state.", []string{"state"}, nil)
@@ -470,6 +471,7 @@ func (c apiCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(r.Produced), "produced")
 	ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(r.Errors), "error")
 	ch <- prometheus.MustNewConstMetric(descRelay, prometheus.CounterValue, float64(r.Dropped), "notice_dropped")
+	ch <- prometheus.MustNewConstMetric(descRelayPasses, prometheus.CounterValue, float64(r.Passes))
 	for _, p := range []matcher.Policy{matcher.PolicyGreedy, matcher.PolicyBatched} {
 		st := c.a.policy.Stats(p)
 		for result, v := range map[string]uint64{"matched": st.Matched, "no_driver": st.NoDriver, "error": st.Errors} {
