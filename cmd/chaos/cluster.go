@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/hexdispatch/hexdispatch/internal/loopback"
 	"github.com/hexdispatch/hexdispatch/matcher"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
@@ -126,7 +127,7 @@ func (c *cluster) common() []string {
 
 // startWorker starts the process of slot i on fresh ports.
 func (c *cluster) startWorker(ctx context.Context, i int) error {
-	port, err := freePort()
+	port, err := loopback.FreePort()
 	if err != nil {
 		return err
 	}

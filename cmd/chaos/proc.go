@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/hexdispatch/hexdispatch/internal/loopback"
 )
 
 // proc is one child process of the soak. Its stdout after the first line
@@ -156,7 +158,7 @@ type redisServer struct {
 }
 
 func newRedisServer(bin, dir, logDir string, all *procs) (*redisServer, error) {
-	port, err := freePort()
+	port, err := loopback.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -230,14 +232,4 @@ func waitPing(ctx context.Context, addr string, exited <-chan struct{}, d time.D
 			return fmt.Errorf("no PING answer: %w", err)
 		}
 	}
-}
-
-// freePort returns a loopback port that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -8,7 +8,6 @@ package redistest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/hexdispatch/hexdispatch/internal/loopback"
 )
 
 // Binary is where redis-server is looked for first; PATH is searched next.
@@ -78,7 +79,7 @@ func StartWith(t testing.TB, opts Options) *Server {
 	// redis-server binds it; try a few.
 	var err error
 	for range 5 {
-		s.port, err = freePort()
+		s.port, err = loopback.FreePort()
 		if err != nil {
 			continue
 		}
@@ -222,17 +223,4 @@ func findBinary() string {
 		return p
 	}
 	return ""
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	a, ok := l.Addr().(*net.TCPAddr)
-	if !ok {
-		return 0, errors.New("redistest: listener address is not TCP")
-	}
-	return a.Port, nil
 }
