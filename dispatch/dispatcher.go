@@ -256,7 +256,9 @@ func (s *search) idle() (idle, finding bool) {
 	return s.parked && s.ctx.Err() == nil && len(s.answers) == 0 && (s.rang != s.timer || s.timer == 0), false
 }
 
-// setOffered records the drivers of the current round (nil: none).
+// setOffered records the drivers of the current round (nil: none). The
+// answers waiting from drivers not in it are dropped: they would take the
+// mailbox's room from the answers of the round's drivers.
 func (s *search) setOffered(round []Offer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -264,6 +266,13 @@ func (s *search) setOffered(round []Offer) {
 	for _, o := range round {
 		s.offered[o.Driver] = true
 	}
+	kept := s.answers[:0]
+	for _, a := range s.answers {
+		if s.offered[a.driver] {
+			kept = append(kept, a)
+		}
+	}
+	s.answers = kept
 }
 
 func (s *search) isOffered(d positions.DriverID) bool {
@@ -822,8 +831,10 @@ func (d *Dispatcher) await(ctx context.Context, r *Ride, s *search, primary posi
 		defer cancel()
 		d.apply(fctx, r, Event{Kind: kind, Driver: primary})
 	}
-	// dropAll releases every pending driver and tells them msg.
+	// dropAll closes the round to answers, releases every pending driver
+	// and tells them msg.
 	dropAll := func(msg string) {
+		s.setOffered(nil)
 		for id, o := range pending {
 			d.releaseAll(ctx, r.ID, []Offer{o})
 			d.cfg.Notifier.Send(id, map[string]any{"type": msg, "ride": r.ID})

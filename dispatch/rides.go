@@ -330,6 +330,16 @@ func (h *Rides) DriverAction(ctx context.Context, driver positions.DriverID, id 
 	default:
 		return Ride{}, BadField("type", "%s is not a driver action", kind)
 	}
+	if h.cfg.Dispatcher.Offered(id, driver) {
+		// The offer is this process's: its search recorded it before it
+		// left and judges the answer (the lease and the ride's
+		// compare-and-set), so no read is needed. The reply shows the ride
+		// as the offer did.
+		if !h.cfg.Dispatcher.Answer(id, driver, kind == EvAccept) {
+			return Ride{}, errNoPendingOffer
+		}
+		return Ride{ID: id, State: Offered}, nil
+	}
 	ride, err := h.cfg.Store.Get(ctx, id)
 	if err != nil {
 		return Ride{}, storeError(err)
@@ -341,10 +351,14 @@ func (h *Rides) DriverAction(ctx context.Context, driver positions.DriverID, id 
 		return Ride{}, storeError(fmt.Errorf("%w: %s in state %s", ErrIllegalTransition, kind, ride.State))
 	}
 	if !h.cfg.Dispatcher.Answer(ride.ID, driver, kind == EvAccept) {
-		return Ride{}, &APIError{Status: http.StatusConflict, Code: "no_pending_offer", Message: "no offer of this ride is waiting for your answer here"}
+		return Ride{}, errNoPendingOffer
 	}
 	return ride, nil
 }
+
+// errNoPendingOffer answers a driver's accept or decline that no search
+// of this process waits for.
+var errNoPendingOffer = &APIError{Status: http.StatusConflict, Code: "no_pending_offer", Message: "no offer of this ride is waiting for your answer here"}
 
 // driverStep serves DriverAction over HTTP.
 func (h *Rides) driverStep(kind EventKind) http.Handler {

@@ -171,13 +171,18 @@ func TestRideRoundTrips(t *testing.T) {
 	t.Logf("one ride, request to completion: %d Redis round trips", total)
 	// The budget, as counted when it was set: request to offer 3 (create
 	// with the search's tracking in one pipeline, reserve, then searching
-	// and offered in one write), accept 4, the three trip steps 2 or 3 each
-	// (write, untrack the last state, from the store's copy of the ride
-	// without a read; the lease's release after complete).
+	// and offered in one write), accept 3 (commit the lease, write
+	// accepted with the trip's tracking, untrack the search; the answer
+	// to an offer of this process needs no read), the three trip steps 2
+	// or 3 each (write, untrack the last state, from the store's copy of
+	// the ride without a read; the lease's release after complete).
 	if want := 3; trips["request to offer"] > want {
 		t.Errorf("request to offer: %d round trips, budget %d", trips["request to offer"], want)
 	}
-	if want := 14; total > want {
+	if want := 3; trips["accept"] > want {
+		t.Errorf("accept: %d round trips, budget %d", trips["accept"], want)
+	}
+	if want := 13; total > want {
 		t.Errorf("one ride: %d round trips, budget %d", total, want)
 	}
 }
