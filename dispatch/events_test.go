@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hexdispatch/hexdispatch/dispatch"
+	"github.com/hexdispatch/hexdispatch/internal/redistest"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
@@ -33,6 +35,53 @@ func newProducer(t *testing.T, addrs []string, opts ...kgo.Opt) *kgo.Client {
 	}
 	t.Cleanup(cl.Close)
 	return cl
+}
+
+// quietRelayConfig is the default relay config, logging nowhere.
+func quietRelayConfig() dispatch.RelayConfig {
+	cfg := dispatch.DefaultRelayConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	return cfg
+}
+
+// runRelay runs a relay from s to the cluster at addrs until stop, which
+// returns Run's error; the test's cleanup stops it too.
+func runRelay(t *testing.T, s *dispatch.RideStore, addrs []string, cfg dispatch.RelayConfig) (relay *dispatch.Relay, stop func() error) {
+	t.Helper()
+	relay, err := dispatch.NewRelay(s, newProducer(t, addrs), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
+	t.Cleanup(func() { stop() })
+	return relay, stop
+}
+
+// waitOutboxesEmpty waits until the outboxes of ids hold no event.
+func waitOutboxesEmpty(t *testing.T, srv *redistest.Server, ids ...dispatch.RideID) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		left := 0
+		for _, id := range ids {
+			left += len(outboxVersions(t, srv, id))
+		}
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d events still in the outboxes", left)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // consumeAll reads the ride-events topic until it has want records or the
@@ -111,18 +160,9 @@ func TestRelayMovesEveryTransitionInOrder(t *testing.T) {
 	for i := range rides {
 		ridePath(t, s, dispatch.RideID(fmt.Sprintf("r%d", i)))
 	}
-	cfg := dispatch.DefaultRelayConfig()
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	relay, err := dispatch.NewRelay(s, newProducer(t, kc.ListenAddrs()), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- relay.Run(ctx) }()
+	_, stop := runRelay(t, s, kc.ListenAddrs(), quietRelayConfig())
 	evs := consumeAll(t, kc.ListenAddrs(), rides*7)
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	checkLog(t, evs, rides)
@@ -138,8 +178,7 @@ func TestRelayKeepsEventsWhileKafkaIsDown(t *testing.T) {
 	dead, _ := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, dispatch.DefaultRideEventsTopic))
 	addrs := dead.ListenAddrs()
 	dead.Close()
-	cfg := dispatch.DefaultRelayConfig()
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg := quietRelayConfig()
 	bad, _ := dispatch.NewRelay(s, newProducer(t, addrs, kgo.RecordDeliveryTimeout(time.Second), kgo.RequestRetries(1)), cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -171,20 +210,12 @@ func TestRelayBatchesKeepOrderAndLoseNothing(t *testing.T) {
 		ids[i] = dispatch.RideID(fmt.Sprintf("rb%d", i))
 		ridePath(t, s, ids[i])
 	}
-	cfg := dispatch.DefaultRelayConfig()
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg := quietRelayConfig()
 	cfg.Batch = 3
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 2)
 	relays := make([]*dispatch.Relay, 2)
+	stops := make([]func() error, 2)
 	for i := range relays {
-		relay, err := dispatch.NewRelay(s, newProducer(t, kc.ListenAddrs()), cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		relays[i] = relay
-		go func() { done <- relay.Run(ctx) }()
+		relays[i], stops[i] = runRelay(t, s, kc.ListenAddrs(), cfg)
 	}
 	for _, id := range ids {
 		for _, relay := range relays {
@@ -192,23 +223,9 @@ func TestRelayBatchesKeepOrderAndLoseNothing(t *testing.T) {
 		}
 	}
 	// Wait until both relays have nothing left, then read the topic.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		left := 0
-		for _, id := range ids {
-			left += len(outboxVersions(t, srv, id))
-		}
-		if left == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d events still in the outboxes", left)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	cancel()
-	for range relays {
-		if err := <-done; err != nil {
+	waitOutboxesEmpty(t, srv, ids...)
+	for _, stop := range stops {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -234,42 +251,21 @@ func TestRelayBatchesKeepOrderAndLoseNothing(t *testing.T) {
 func TestRelayLingerDrainsNoticesInOnePass(t *testing.T) {
 	s, srv := newStore(t)
 	kc := newKafka(t)
-	cfg := dispatch.DefaultRelayConfig()
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg := quietRelayConfig()
 	cfg.ScanEvery = time.Hour // only the sweep at start, before any ride
 	cfg.Linger = 300 * time.Millisecond
-	relay, err := dispatch.NewRelay(s, newProducer(t, kc.ListenAddrs()), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- relay.Run(ctx) }()
+	relay, stop := runRelay(t, s, kc.ListenAddrs(), cfg)
 	defer func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Error(err)
 		}
 	}()
-	// waitEmpty waits until ids' outboxes are drained.
-	waitEmpty := func(ids ...dispatch.RideID) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for _, id := range ids {
-			for len(outboxVersions(t, srv, id)) > 0 {
-				if time.Now().After(deadline) {
-					t.Fatalf("ride %s: events still in its outbox", id)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-		}
-	}
 	// A first ride on its own, written while the relay's first sweep may
 	// still run (it may take some of the ride's events in a pass of its
 	// own); once it is out, the relay waits for notices.
 	ridePath(t, s, "rl0")
 	relay.Notify("rl0")
-	waitEmpty("rl0")
+	waitOutboxesEmpty(t, srv, "rl0")
 	before := relay.Stats()
 	if before.Produced != 7 || before.Passes < 1 {
 		t.Fatalf("after one ride: %+v, want its 7 events", before)
@@ -284,7 +280,7 @@ func TestRelayLingerDrainsNoticesInOnePass(t *testing.T) {
 	for _, id := range ids {
 		relay.Notify(id)
 	}
-	waitEmpty(ids...)
+	waitOutboxesEmpty(t, srv, ids...)
 	if st := relay.Stats(); st.Passes != before.Passes+1 || st.Produced != 7*(rides+1) || st.Errors != 0 {
 		t.Fatalf("after ten more rides: %+v, want one more pass than %d and %d events in all", st, before.Passes, 7*(rides+1))
 	}
