@@ -616,7 +616,7 @@ func (d *Drivers) handle(id positions.DriverID, dc *driverConn, b []byte) {
 	case isAction && d.cfg.Actions != nil:
 		ride, err := d.cfg.Actions(d.base, id, f.Ride, kind)
 		if err != nil {
-			d.reply(dc, err)
+			d.replyTo(dc, err, f.Type, f.Ride)
 			return
 		}
 		b, _ := json.Marshal(map[string]any{"type": "ack", "action": f.Type, "ride": ride.ID, "state": ride.State})
@@ -628,14 +628,26 @@ func (d *Drivers) handle(id positions.DriverID, dc *driverConn, b []byte) {
 }
 
 // reply queues an error frame for the driver.
-func (d *Drivers) reply(dc *driverConn, err error) {
+func (d *Drivers) reply(dc *driverConn, err error) { d.replyTo(dc, err, "", "") }
+
+// replyTo queues an error frame for the driver; one that refuses a ride
+// action names the action and the ride, so that a driver with several
+// frames in flight knows which one failed. status is what the same error
+// gets from the HTTP API (409 for an illegal transition, 429, 503, ...).
+func (d *Drivers) replyTo(dc *driverConn, err error, action string, ride RideID) {
 	var ae *APIError
 	if !errors.As(err, &ae) {
-		ae = &APIError{Code: "internal", Message: "internal error"}
+		ae = &APIError{Status: http.StatusInternalServerError, Code: "internal", Message: "internal error"}
 	}
 	msg := map[string]any{"type": "error", "code": ae.Code, "message": ae.Message}
+	if ae.Status != 0 {
+		msg["status"] = ae.Status
+	}
 	if ae.Field != "" {
 		msg["field"] = ae.Field
+	}
+	if action != "" {
+		msg["action"], msg["ride"] = action, ride
 	}
 	if ae.RetryAfter > 0 {
 		msg["retry_after_ms"] = ae.RetryAfter.Milliseconds()

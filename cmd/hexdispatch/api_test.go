@@ -43,7 +43,8 @@ func call(t *testing.T, method, url, token, body string) (int, map[string]any) {
 // TestRunMatchesARide drives the real program, all roles in one process on
 // embedded Kafka and Redis: a driver comes online over the WebSocket, a
 // rider requests a ride, the driver gets the offer and accepts over the
-// WebSocket, and the trip runs to completion over HTTP.
+// WebSocket, and the trip runs to completion (one step over the
+// WebSocket, the others over HTTP).
 func TestRunMatchesARide(t *testing.T) {
 	base := startRun(t, "-token-secret", testSecret, "-partitions", "4")
 	waitReady(t, base, 20*time.Second)
@@ -96,7 +97,30 @@ func TestRunMatchesARide(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	for _, step := range []string{"arrived", "start", "complete"} {
+	// A refused frame's error names the action, the ride and the status
+	// HTTP would answer; a taken one is acknowledged with the ride's state.
+	next := func(typ string) map[string]any {
+		for {
+			_, b, err := c.Read(ctx)
+			if err != nil {
+				t.Fatalf("waiting for %s: %v", typ, err)
+			}
+			var m map[string]any
+			json.Unmarshal(b, &m)
+			if m["type"] == typ && m["action"] != "accept" {
+				return m
+			}
+		}
+	}
+	write(map[string]any{"type": "start", "ride": id})
+	if m := next("error"); m["action"] != "start" || m["ride"] != id || m["status"] != float64(409) || m["code"] != "illegal_transition" {
+		t.Fatalf("start before arrived answered %v", m)
+	}
+	write(map[string]any{"type": "arrived", "ride": id})
+	if m := next("ack"); m["action"] != "arrived" || m["ride"] != id || m["state"] != "arrived" {
+		t.Fatalf("arrived answered %v", m)
+	}
+	for _, step := range []string{"start", "complete"} {
 		if code, v := call(t, "POST", base+"/v1/rides/"+id+"/"+step, driverTok, ""); code != 200 {
 			t.Fatalf("%s: %d %v", step, code, v)
 		}
