@@ -27,7 +27,7 @@ func TestMatchE2EWorkload(t *testing.T) {
 	defer cancel()
 	var out bytes.Buffer
 	err := run(ctx, []string{"-workloads", "match-e2e", "-drivers", "300", "-ws-drivers", "100",
-		"-rate", "20", "-duration", "1s", "-refresh", "2s"}, &out, io.Discard)
+		"-rate", "20", "-duration", "4s", "-refresh", "2s"}, &out, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,6 +45,11 @@ func TestMatchE2EWorkload(t *testing.T) {
 	}
 	if !strings.Contains(r.Note, "engine ") {
 		t.Fatalf("note %q does not name the engine's revision", r.Note)
+	}
+	// The drivers take their trips to the end (three steps a second
+	// apart), so the run writes whole ride lifecycles.
+	if !regexp.MustCompile(`[1-9][0-9]* trips completed`).MatchString(r.Note) || !strings.Contains(r.Note, " 0 driver frames") {
+		t.Fatalf("note %q: want completed trips and no error frames", r.Note)
 	}
 	if !regexp.MustCompile(`engine phases of the first offers, p99 at most: start [0-9.e+-]+ ms, find [0-9.e+-]+ ms, record [0-9.e+-]+ ms, send [0-9.e+-]+ ms`).MatchString(r.Note) {
 		t.Fatalf("note %q has no phase breakdown", r.Note)
