@@ -51,22 +51,32 @@ const MinSecretLen = 16
 // Signer mints and verifies HMAC-SHA256 bearer tokens of the form
 // base64url(claims JSON) "." base64url(mac).
 //
-// Verify remembers the tokens it accepted (up to verifiedCap, then it
-// starts again): a driver app sends the same token with every position
-// post and trip step, and checking the MAC and decoding the claims each
-// time was 3% of the engine's CPU at 500 rides/s. The key is the whole
-// token, signature included, so a remembered token is exactly one that
-// verified; expiry is still checked on every call.
+// Verify remembers the tokens it accepted: a driver app sends the same
+// token with every position post and trip step, and checking the MAC and
+// decoding the claims each time was 3% of the engine's CPU at 500
+// rides/s. The key is the whole token, signature included, so a
+// remembered token is exactly one that verified; expiry is still checked
+// on every call.
+//
+// The memory has two generations of up to verifiedCap tokens each. When
+// the current one is full it becomes the previous one (the one before is
+// dropped), and a token found in the previous one moves back to the
+// current: the tokens in use stay remembered while one-off tokens (every
+// new rider's) pass through. With one generation that started again when
+// full, every driver's token was checked again each time the riders'
+// tokens filled it.
 type Signer struct {
 	secret []byte
 
-	// verifiedMu guards verified: tokens that verified, with their claims.
-	verifiedMu sync.Mutex
-	verified   map[string]Claims
+	// verifiedMu guards the fields below.
+	verifiedMu         sync.Mutex
+	verified, previous map[string]Claims // the current and the previous generation
+	capacity           int               // of a generation: verifiedCap (tests change it)
+	checked            int               // tokens whose MAC and claims were checked
 }
 
-// verifiedCap bounds the remembered tokens (about 300 bytes each, the
-// key a copy of the token: see Verify).
+// verifiedCap bounds a generation of remembered tokens (about 300 bytes
+// each, the key a copy of the token: see Verify).
 const verifiedCap = 1 << 16
 
 // NewSigner returns a Signer for secret.
@@ -74,7 +84,7 @@ func NewSigner(secret []byte) (*Signer, error) {
 	if len(secret) < MinSecretLen {
 		return nil, fmt.Errorf("token secret is %d bytes, want at least %d", len(secret), MinSecretLen)
 	}
-	return &Signer{secret: append([]byte(nil), secret...)}, nil
+	return &Signer{secret: append([]byte(nil), secret...), capacity: verifiedCap}, nil
 }
 
 func (s *Signer) mac(payload string) []byte {
@@ -114,6 +124,11 @@ func (c Claims) validate() error {
 func (s *Signer) Verify(token string, now time.Time) (Claims, error) {
 	s.verifiedMu.Lock()
 	c, ok := s.verified[token]
+	if !ok {
+		if c, ok = s.previous[token]; ok {
+			s.rememberLocked(token, c)
+		}
+	}
 	s.verifiedMu.Unlock()
 	if ok {
 		if !now.Before(c.Expires) {
@@ -126,16 +141,23 @@ func (s *Signer) Verify(token string, now time.Time) (Claims, error) {
 		return Claims{}, err
 	}
 	s.verifiedMu.Lock()
-	if s.verified == nil || len(s.verified) >= verifiedCap {
-		s.verified = make(map[string]Claims)
+	s.checked++
+	s.rememberLocked(token, c)
+	s.verifiedMu.Unlock()
+	return c, nil
+}
+
+// rememberLocked adds token to the current generation, which becomes the
+// previous one first when full. verifiedMu must be held.
+func (s *Signer) rememberLocked(token string, c Claims) {
+	if s.verified == nil || len(s.verified) >= s.capacity {
+		s.previous, s.verified = s.verified, make(map[string]Claims)
 	}
 	// A copy: token is often a substring of the request's header block
 	// (net/textproto reads every value of a request into one string), and
 	// keeping it would keep that whole block alive: 4.7 KB per driver
 	// WebSocket, whose upgrade request carried the token.
 	s.verified[strings.Clone(token)] = c
-	s.verifiedMu.Unlock()
-	return c, nil
 }
 
 func (s *Signer) verify(token string, now time.Time) (Claims, error) {

@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,5 +38,48 @@ func TestVerifiedTokenIsACopy(t *testing.T) {
 		if p := uintptr(unsafe.Pointer(unsafe.StringData(k))); p >= start && p < end {
 			t.Fatalf("the remembered token points into the %d-byte string it was cut from", len(block))
 		}
+	}
+}
+
+// TestVerifiedTokensInUseOutliveTurnover: one-off tokens fill the
+// remembered generations over and over, and a token in use all along is
+// checked once, not again after every turnover; a token not used for two
+// generations is forgotten and checked again.
+func TestVerifiedTokensInUseOutliveTurnover(t *testing.T) {
+	s, err := NewSigner([]byte(strings.Repeat("k", 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.capacity = 4
+	now := time.Now()
+	mint := func(sub string, role Role) string {
+		tok, err := s.Mint(Claims{Subject: sub, Role: role, Expires: now.Add(time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	verify := func(tok string) {
+		if _, err := s.Verify(tok, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	driver, idle := mint("d1", RoleDriver), mint("d2", RoleDriver)
+	verify(driver)
+	verify(idle)
+	const riders = 40 // ten generations' worth
+	for i := range riders {
+		verify(mint("u"+strconv.Itoa(i), RoleRider))
+		verify(driver)
+	}
+	if want := 2 + riders; s.checked != want {
+		t.Fatalf("%d tokens checked, want %d: the driver's token in use was checked again", s.checked, want)
+	}
+	verify(idle)
+	if want := 3 + riders; s.checked != want {
+		t.Fatalf("%d tokens checked, want %d: a token unused for ten generations was still remembered", s.checked, want)
+	}
+	if n := len(s.verified) + len(s.previous); n > 2*s.capacity {
+		t.Fatalf("%d tokens remembered, more than two generations of %d", n, s.capacity)
 	}
 }

@@ -191,7 +191,8 @@ func (g *Gatherer) Gather(ctx context.Context, pickup geo.LatLng, n int) (Gather
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.Deadline)
 	defer cancel()
 
-	best := make(map[positions.DriverID]positions.Candidate)
+	// Sized for a ring's answer: each owner returns up to n+DupSlack.
+	best := make(map[positions.DriverID]positions.Candidate, n+g.cfg.DupSlack)
 	var res GatherResult
 	for k := 1; k <= g.cfg.MaxRing; k++ {
 		pl, err := g.plan(cell, k)

@@ -679,7 +679,11 @@ func (w *Worker) Nearest(ctx context.Context, req NearestRequest) (NearestRespon
 		return ownerQuery{nearest: &r}
 	})
 	resp.Missed = missed
-	best := make(map[DriverID]Candidate)
+	n := 0
+	for _, r := range replies {
+		n += len(r.cands)
+	}
+	best := make(map[DriverID]Candidate, n)
 	for _, r := range replies {
 		if r.err != nil {
 			return NearestResponse{}, r.err
