@@ -507,8 +507,13 @@ func (d *Dispatcher) Stop(id RideID) {
 // or saw it) if the ride is past it (accepted or further, or ended); a ride
 // a failed write left searching or offered stays tracked for the sweep to
 // end. A search that wrote the ride past searching needs no read: those
-// states never go back.
+// states never go back. On a single Redis there is nothing to do: the
+// write that took the ride past its search took it out of the searches
+// too (see RideStore.leaving), and a stale entry is the sweep's.
 func (d *Dispatcher) settle(last Ride) {
+	if d.cfg.Store.oneNode {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if !pastSearch(last.State) {

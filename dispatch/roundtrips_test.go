@@ -171,19 +171,101 @@ func TestRideRoundTrips(t *testing.T) {
 	t.Logf("one ride, request to completion: %d Redis round trips", total)
 	// The budget, as counted when it was set: request to offer 3 (create
 	// with the search's tracking in one pipeline, reserve, then searching
-	// and offered in one write), accept 3 (commit the lease, write
-	// accepted with the trip's tracking, untrack the search; the answer
-	// to an offer of this process needs no read), the three trip steps 2
-	// or 3 each (write, untrack the last state, from the store's copy of
-	// the ride without a read; the lease's release after complete).
+	// and offered in one write), accept 2 (commit the lease, write
+	// accepted with the trip's tracking, the search untracked by that
+	// write; the answer to an offer of this process needs no read), the
+	// three trip steps 4 (one write each, which tracks the new state and
+	// untracks the last, from the store's copy of the ride without a read;
+	// the lease's release after complete).
 	if want := 3; trips["request to offer"] > want {
 		t.Errorf("request to offer: %d round trips, budget %d", trips["request to offer"], want)
 	}
-	if want := 3; trips["accept"] > want {
+	if want := 2; trips["accept"] > want {
 		t.Errorf("accept: %d round trips, budget %d", trips["accept"], want)
 	}
-	if want := 13; total > want {
+	if want := 4; trips["arrived, start, complete"] > want {
+		t.Errorf("arrived, start, complete: %d round trips, budget %d", trips["arrived, start, complete"], want)
+	}
+	if want := 9; total > want {
 		t.Errorf("one ride: %d round trips, budget %d", total, want)
+	}
+}
+
+// TestRideLeavesTheSweepSets follows one ride's entries in the sorted sets
+// the sweeps read (the searches, the rides in each assigned state) from
+// request to completion: in the set of its state from the write that put
+// it there, out of it from the write that moved it on. On a single Redis
+// the write itself moves the entries; over a client whose keys may live
+// on other nodes (a Ring, here of one shard) separate commands do, and the
+// sets end the same.
+func TestRideLeavesTheSweepSets(t *testing.T) {
+	srv := redistest.Start(t)
+	clients := map[string]func() redis.UniversalClient{
+		"single": func() redis.UniversalClient { return srv.Client(t) },
+		"ring": func() redis.UniversalClient {
+			r := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"only": srv.Addr}})
+			t.Cleanup(func() { r.Close() })
+			return r
+		},
+	}
+	watch := srv.Client(t)
+	ctx := context.Background()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	sets := []string{"hexd:searches", "hexd:trips:accepted", "hexd:trips:arrived", "hexd:trips:in_trip"}
+	for name, client := range clients {
+		t.Run(name, func(t *testing.T) {
+			watch.FlushAll(ctx)
+			const driver = positions.DriverID("d1")
+			sent := make(offers, 1)
+			disp, store, leases := oneDriverDispatcher(t, client(), driver, sent)
+			rides, err := dispatch.NewRides(dispatch.RidesConfig{Store: store, Dispatcher: disp, Leases: leases, Signer: newSigner(t),
+				Now: time.Now, Logger: quiet})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := dispatch.RideID("r-" + name)
+			// in returns the sets that hold the ride, waiting up to 10 s
+			// for them to be want (the search ends on its own goroutine).
+			in := func(want ...string) {
+				t.Helper()
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					var got []string
+					for _, k := range sets {
+						if _, err := watch.ZScore(ctx, k, string(id)).Result(); err == nil {
+							got = append(got, k)
+						}
+					}
+					if slices.Equal(got, want) {
+						return
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("ride in %v, want %v", got, want)
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			startSearch(t, disp, store, id)
+			<-sent
+			in("hexd:searches")
+			if _, err := rides.DriverAction(ctx, driver, id, dispatch.EvAccept); err != nil {
+				t.Fatal(err)
+			}
+			in("hexd:trips:accepted")
+			for _, step := range []struct {
+				kind dispatch.EventKind
+				set  []string
+			}{
+				{dispatch.EvArrive, []string{"hexd:trips:arrived"}},
+				{dispatch.EvStart, []string{"hexd:trips:in_trip"}},
+				{dispatch.EvComplete, nil},
+			} {
+				if _, err := rides.DriverAction(ctx, driver, id, step.kind); err != nil {
+					t.Fatalf("%s: %v", step.kind, err)
+				}
+				in(step.set...)
+			}
+		})
 	}
 }
 

@@ -81,6 +81,9 @@ type RideStore struct {
 	rdb redis.UniversalClient // pipelines and scans
 	cmd redis.UniversalClient // single commands and scripts: cfg.Commands, or rdb
 	cfg StoreConfig
+	// oneNode: rdb is a single Redis (not a cluster), so a script may
+	// write the sweeps' sorted sets beside a ride (see casScript).
+	oneNode bool
 
 	entered [numStates]atomic.Uint64 // transitions into each state, by this process
 
@@ -139,6 +142,7 @@ func NewRideStore(rdb redis.UniversalClient, cfg StoreConfig) (*RideStore, error
 		return nil, errors.New("store config: nil redis client")
 	}
 	s := &RideStore{rdb: rdb, cmd: rdb, cfg: cfg}
+	_, s.oneNode = rdb.(*redis.Client)
 	if cfg.Commands != nil {
 		s.cmd = cfg.Commands
 	}
@@ -243,11 +247,14 @@ func (s *RideStore) Get(ctx context.Context, id RideID) (Ride, error) {
 	return r, err
 }
 
-// casScript: KEYS ride, outbox; ARGV expected version, next version, next
-// data, ttl ms (0: none), then the events, in order (one per transition).
-// It replies {1} when written, {-1} when the ride is gone, and {0, data}
-// when the version moved on: the ride as stored, so the caller retries
-// without reading it again.
+// casScript: KEYS ride, outbox, and optionally the sweeps' sorted set the
+// ride leaves; ARGV expected version, next version, next data, ttl ms (0:
+// none), the ride id (its member in that set), then the events, in order
+// (one per transition). It replies {1} when written, {-1} when the ride
+// is gone, and {0, data} when the version moved on: the ride as stored,
+// so the caller retries without reading it again. The third key is only
+// given on a single Redis: in a cluster the sets live on other nodes, and
+// the ride leaves them in a command of its own after the write.
 var casScript = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return {-1} end
@@ -259,8 +266,9 @@ if v ~= ARGV[1] then
   return {0, data}
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'data', ARGV[3])
-redis.call('RPUSH', KEYS[2], unpack(ARGV, 5))
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 6))
 if ARGV[4] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[5]) end
 return {1}
 `)
 
@@ -350,7 +358,8 @@ func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, evs []Eve
 		// the write, so no ride is in those states untracked; an entry
 		// whose write then fails is dropped by the dispatcher's sweep.
 		track := assigned(next.State) && next.State != cur.State
-		res, err := s.cas(ctx, id, cur.Version, next, data, ttl, outs, track)
+		leave := s.leaving(cur.State, next.State)
+		res, err := s.cas(ctx, id, cur.Version, next, data, ttl, outs, track, leave)
 		if err != nil {
 			return Ride{}, err
 		}
@@ -361,7 +370,7 @@ func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, evs []Eve
 				s.entered[outs[i].state].Add(1)
 			}
 			s.remember(next)
-			if assigned(cur.State) && next.State != cur.State {
+			if !s.oneNode && assigned(cur.State) && next.State != cur.State {
 				s.untrackTrip(ctx, cur.State, id) // best effort: the sweep drops stale entries
 			}
 			return next, nil
@@ -408,21 +417,42 @@ func applyEvents(cur Ride, evs []Event) (next Ride, outs []appliedEvent, refused
 	return next, outs, nil, nil
 }
 
+// leaving returns the sweeps' sorted set a ride moving from one state to
+// another leaves, when the write itself can take it out (a single Redis):
+// the trip set of an assigned state it leaves, or the searches once past
+// its search. Elsewhere, or when it leaves none, "".
+func (s *RideStore) leaving(from, to State) string {
+	switch {
+	case !s.oneNode || from == to:
+		return ""
+	case assigned(from):
+		return s.tripsKey(from)
+	case !pastSearch(from) && pastSearch(to):
+		return s.searchesKey()
+	}
+	return ""
+}
+
 // cas runs casScript from version from to next, appending outs' events,
-// after tracking next's trip state when track is set.
-func (s *RideStore) cas(ctx context.Context, id RideID, from uint64, next Ride, data []byte, ttl int64, outs []appliedEvent, track bool) ([]any, error) {
+// after tracking next's trip state when track is set, and taking the ride
+// out of the sorted set leave (see leaving) when it is not "".
+func (s *RideStore) cas(ctx context.Context, id RideID, from uint64, next Ride, data []byte, ttl int64, outs []appliedEvent, track bool, leave string) ([]any, error) {
 	var tracking func(redis.Cmdable) *redis.IntCmd
 	if track {
 		tracking = func(c redis.Cmdable) *redis.IntCmd {
 			return c.ZAdd(ctx, s.tripsKey(next.State), redis.Z{Score: float64(next.UpdatedAt.UnixMilli()), Member: string(id)})
 		}
 	}
-	args := make([]any, 0, 4+len(outs))
-	args = append(args, strconv.FormatUint(from, 10), strconv.FormatUint(next.Version, 10), data, ttl)
+	args := make([]any, 0, 5+len(outs))
+	args = append(args, strconv.FormatUint(from, 10), strconv.FormatUint(next.Version, 10), data, ttl, string(id))
 	for _, o := range outs {
 		args = append(args, o.out)
 	}
-	return s.runTracked(ctx, tracking, "track trip", casScript, "update", []string{s.key(id), s.outboxKey(id)}, args...)
+	keys := []string{s.key(id), s.outboxKey(id)}
+	if leave != "" {
+		keys = append(keys, leave)
+	}
+	return s.runTracked(ctx, tracking, "track trip", casScript, "update", keys, args...)
 }
 
 // runTracked runs script on keys, after track (when set) has added the

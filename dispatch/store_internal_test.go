@@ -32,7 +32,7 @@ func TestCASResendIsIdempotent(t *testing.T) {
 	data, _ := json.Marshal(next)
 	out, _ := json.Marshal(NewRideEvent(next, EvSearch.String(), r.State))
 	run := func() int64 {
-		res, err := casScript.Run(ctx, rdb, []string{s.key(r.ID), s.outboxKey(r.ID)}, "1", "2", data, 0, out).Slice()
+		res, err := casScript.Run(ctx, rdb, []string{s.key(r.ID), s.outboxKey(r.ID)}, "1", "2", data, 0, string(r.ID), out).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}
