@@ -511,7 +511,7 @@ func (d *Dispatcher) Stop(id RideID) {
 // write that took the ride past its search took it out of the searches
 // too (see RideStore.leaving), and a stale entry is the sweep's.
 func (d *Dispatcher) settle(last Ride) {
-	if d.cfg.Store.oneNode {
+	if d.cfg.Store.single != nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

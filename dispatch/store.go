@@ -81,9 +81,10 @@ type RideStore struct {
 	rdb redis.UniversalClient // pipelines and scans
 	cmd redis.UniversalClient // single commands and scripts: cfg.Commands, or rdb
 	cfg StoreConfig
-	// oneNode: rdb is a single Redis (not a cluster), so a script may
-	// write the sweeps' sorted sets beside a ride (see casScript).
-	oneNode bool
+	// single is rdb when it is a single Redis (not a cluster): a script
+	// may write the sweeps' sorted sets beside a ride (see casScript), and
+	// a ZADD and a script share a pipeline (see runTracked). nil otherwise.
+	single *redis.Client
 
 	entered [numStates]atomic.Uint64 // transitions into each state, by this process
 
@@ -142,7 +143,7 @@ func NewRideStore(rdb redis.UniversalClient, cfg StoreConfig) (*RideStore, error
 		return nil, errors.New("store config: nil redis client")
 	}
 	s := &RideStore{rdb: rdb, cmd: rdb, cfg: cfg}
-	_, s.oneNode = rdb.(*redis.Client)
+	s.single, _ = rdb.(*redis.Client)
 	if cfg.Commands != nil {
 		s.cmd = cfg.Commands
 	}
@@ -370,7 +371,7 @@ func (s *RideStore) apply(ctx context.Context, id RideID, known *Ride, evs []Eve
 				s.entered[outs[i].state].Add(1)
 			}
 			s.remember(next)
-			if !s.oneNode && assigned(cur.State) && next.State != cur.State {
+			if s.single == nil && assigned(cur.State) && next.State != cur.State {
 				s.untrackTrip(ctx, cur.State, id) // best effort: the sweep drops stale entries
 			}
 			return next, nil
@@ -423,7 +424,7 @@ func applyEvents(cur Ride, evs []Event) (next Ride, outs []appliedEvent, refused
 // its search. Elsewhere, or when it leaves none, "".
 func (s *RideStore) leaving(from, to State) string {
 	switch {
-	case !s.oneNode || from == to:
+	case s.single == nil || from == to:
 		return ""
 	case assigned(from):
 		return s.tripsKey(from)
@@ -463,8 +464,8 @@ func (s *RideStore) cas(ctx context.Context, id RideID, from uint64, next Ride, 
 // Failures to reach Redis are ErrStoreUnavailable, named trackOp or op.
 func (s *RideStore) runTracked(ctx context.Context, track func(redis.Cmdable) *redis.IntCmd, trackOp string,
 	script *redis.Script, op string, keys []string, args ...any) ([]any, error) {
-	if c, single := s.rdb.(*redis.Client); track != nil && single {
-		pipe := c.Pipeline()
+	if track != nil && s.single != nil {
+		pipe := s.single.Pipeline()
 		zadd := track(pipe)
 		res := script.EvalSha(ctx, pipe, keys, args...)
 		pipe.Exec(ctx) // errors are read per command below
