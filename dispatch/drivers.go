@@ -320,7 +320,14 @@ func (d *Drivers) location(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]any{"accepted": true, "seq": f.Seq})
+	writeJSON(w, http.StatusAccepted, accepted{Accepted: true, Seq: f.Seq})
+}
+
+// accepted answers a position or an offline report taken (202): its
+// seq, when it had one.
+type accepted struct {
+	Accepted bool   `json:"accepted"`
+	Seq      uint64 `json:"seq,omitempty"`
 }
 
 // accept validates and publishes one position.
@@ -418,7 +425,7 @@ func (d *Drivers) offline(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]any{"accepted": true})
+	writeJSON(w, http.StatusAccepted, accepted{Accepted: true})
 }
 
 func (d *Drivers) goOffline(id positions.DriverID, f OfflineFrame) error {

@@ -42,8 +42,9 @@ func WriteError(w http.ResponseWriter, err error) {
 		secs := int((ae.RetryAfter + time.Second - 1) / time.Second)
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+	h := w.Header()
+	h["Content-Type"] = jsonContentType
+	h["X-Content-Type-Options"] = noSniff
 	w.WriteHeader(ae.Status)
 	json.NewEncoder(w).Encode(struct {
 		Error *APIError `json:"error"`
