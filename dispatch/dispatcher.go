@@ -303,6 +303,8 @@ type Dispatcher struct {
 	base   context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// pool runs the searches on goroutines kept between them (see goPool).
+	pool *goPool
 
 	searchesMu sync.Mutex
 	searches   map[RideID]*search
@@ -365,7 +367,8 @@ func NewDispatcher(cfg DispatcherConfig) (*Dispatcher, error) {
 		cfg.MaxTrip = DefaultMaxTrip
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Dispatcher{cfg: cfg, clk: clock.Or(cfg.Clock), base: ctx, cancel: cancel, searches: make(map[RideID]*search)}, nil
+	return &Dispatcher{cfg: cfg, clk: clock.Or(cfg.Clock), base: ctx, cancel: cancel, searches: make(map[RideID]*search),
+		pool: newGoPool(searchGoroutineIdle, ctx.Done())}, nil
 }
 
 // ErrBusy is returned by Start when MaxActive rides are being matched.
@@ -391,6 +394,7 @@ func (d *Dispatcher) Close() {
 	d.cancel()
 	d.searchesMu.Unlock()
 	d.wg.Wait()
+	d.pool.wait() // every run happened before its search's wg.Done
 }
 
 // SearchUntil is the deadline to track a search started at now with: its
@@ -427,7 +431,7 @@ func (d *Dispatcher) StartTracked(r Ride) error {
 	d.searched.Add(1)
 	stopWake := context.AfterFunc(ctx, s.poke) // wakes a parked search at shutdown or deadline
 	queued := time.Now()
-	go func() {
+	d.pool.run(func() {
 		defer d.wg.Done()
 		defer cancel()
 		defer stopWake()
@@ -438,9 +442,13 @@ func (d *Dispatcher) StartTracked(r Ride) error {
 		d.searchesMu.Lock()
 		delete(d.searches, r.ID)
 		d.searchesMu.Unlock()
-	}()
+	})
 	return nil
 }
+
+// searchGoroutineIdle is how long a search's goroutine waits for the next
+// search before it exits.
+const searchGoroutineIdle = 10 * time.Second
 
 // Idle reports whether no search has anything to do: each waits for a
 // driver's answer, its timer, or (see DispatcherConfig.Parked) its batch
