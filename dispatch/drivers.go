@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -147,23 +148,27 @@ type DriverStats struct {
 // Drivers is the driver gateway: position reports in (HTTP and
 // WebSocket), messages such as offers out (WebSocket).
 //
-// Concurrency: connsMu guards conns, each connection's nextPing and
-// pinging. A connection has one goroutine for as long as it lives, its
-// reader (serve), which waits for the connection's writer goroutine; the
-// writer runs only while messages wait (see driverConn). One pinger
-// goroutine, started with the first connection, schedules every
-// connection's keepalive. Close ends every connection with a close code
-// and waits for the readers and the pinger.
+// Concurrency: connsMu guards conns, each connection's nextPing,
+// pinging and park. A connection's reader (serve) runs while frames
+// come; between them an idle connection is parked (on Linux): it waits
+// in the parker's epoll set with no goroutine, and the parker hands it to
+// a goroutine of pool when its socket turns readable. The writer runs only
+// while messages wait (see driverConn); the reader that sees the
+// connection end waits for it. One pinger goroutine and the parker's
+// goroutine start with the first connection. Close ends every connection
+// with a close code and waits for all of them.
 type Drivers struct {
 	cfg DriversConfig
 
 	base     context.Context
 	cancel   context.CancelFunc
-	handlers sync.WaitGroup // readers and the pinger, which the HTTP server's Shutdown does not wait for
+	handlers sync.WaitGroup // connections, the pinger and the parker, which the HTTP server's Shutdown does not wait for
+	pool     *goPool        // runs the readers
 
 	connsMu sync.Mutex
 	conns   map[positions.DriverID]*driverConn
-	pinging bool // the pinger runs
+	pinging bool    // the pinger runs (and the parker, if park is set)
+	park    *parker // nil until the first connection, or where parking is unavailable
 
 	// lastMu guards last: each driver's last accepted position, for riders
 	// watching their driver approach. Bounded by the drivers that report
@@ -178,6 +183,7 @@ type Drivers struct {
 	// written, messages queued and not yet written or discarded.
 	framesIn, framesOut atomic.Uint64
 	queued              atomic.Int64
+	parked              atomic.Int64 // connections waiting with no goroutine
 }
 
 // Traffic counts the gateway's WebSocket frames, for a caller that waits
@@ -211,8 +217,12 @@ func NewDrivers(cfg DriversConfig) (*Drivers, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Drivers{cfg: cfg, base: ctx, cancel: cancel, conns: make(map[positions.DriverID]*driverConn),
-		last: make(map[positions.DriverID]lastPos)}, nil
+		last: make(map[positions.DriverID]lastPos), pool: newGoPool(readerGoroutineIdle, ctx.Done())}, nil
 }
+
+// readerGoroutineIdle is how long a reader goroutine waits for another
+// connection's frame before it exits.
+const readerGoroutineIdle = 10 * time.Second
 
 // Close ends every WebSocket connection with StatusGoingAway and waits for
 // their goroutines.
@@ -223,19 +233,28 @@ func (d *Drivers) Close() {
 	for _, dc := range d.conns {
 		open = append(open, dc)
 	}
+	park := d.park
 	d.connsMu.Unlock()
 	// Each close handshake waits up to 5 s for the driver's answer: run
-	// them at once.
+	// them at once. A parked connection gets its reader back first, which
+	// reads the answer (and never parks again).
 	var wg sync.WaitGroup
 	for _, dc := range open {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			d.unpark(dc)
 			dc.ws.Close(websocket.StatusGoingAway, "server shutting down")
 		}()
 	}
 	wg.Wait()
+	if park != nil {
+		for _, resume := range park.stop() {
+			resume()
+		}
+	}
 	d.handlers.Wait()
+	d.pool.wait()
 }
 
 // Stats returns the counters.
@@ -243,6 +262,9 @@ func (d *Drivers) Stats() DriverStats {
 	return DriverStats{Positions: d.positions.Load(), Rejected: d.rejected.Load(), Shed: d.shed.Load(), Throttled: d.throttled.Load(),
 		Connections: d.connections.Load(), Dropped: d.dropped.Load()}
 }
+
+// Parked returns how many driver WebSockets wait with no goroutine.
+func (d *Drivers) Parked() int { return int(d.parked.Load()) }
 
 // Connections returns how many driver WebSockets are open.
 func (d *Drivers) Connections() int {
@@ -466,10 +488,16 @@ const (
 )
 
 // smallBuffers makes the hijack that websocket.Accept does hand over
-// wsReadBuffer and wsWriteBuffer sized buffers.
-type smallBuffers struct{ http.ResponseWriter }
+// wsReadBuffer and wsWriteBuffer sized buffers, and keeps what parking
+// the connection needs: its read buffer (the WebSocket reads through it,
+// so an empty one means no frame waits in this process) and its socket.
+type smallBuffers struct {
+	http.ResponseWriter
+	br  *bufio.Reader
+	raw syscall.RawConn // nil: the connection cannot park
+}
 
-func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
@@ -483,13 +511,19 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	// Accept takes the buffered bytes from there.
 	br := bufio.NewReaderSize(conn, wsReadBuffer)
 	if n := brw.Reader.Buffered(); n > 0 {
+		// Accept moves these bytes out of br, where an empty br would not
+		// show them: such a connection (rare: a client that did not wait
+		// for the 101) never parks.
 		b, _ := brw.Reader.Peek(n)
 		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn), max(wsReadBuffer, n))
 		if _, err := br.Peek(n); err != nil {
 			conn.Close()
 			return nil, nil, err
 		}
+	} else if sc, ok := conn.(syscall.Conn); ok {
+		w.raw, _ = sc.SyscallConn()
 	}
+	w.br = br
 	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, wsWriteBuffer)), nil
 }
 
@@ -497,7 +531,7 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // header or, for browsers that cannot set it, the access_token query
 // parameter. After the upgrade the handler returns, so the HTTP server's
 // goroutine, request and buffers are freed; the connection lives on in
-// its reader goroutine (serve).
+// its reader (serve), parked between frames.
 func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 	c, err := d.cfg.Signer.Verify(wsToken(r), d.cfg.Now())
 	if err != nil {
@@ -520,19 +554,35 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 		d.pinging = true
 		d.handlers.Add(1)
 		go d.pinger()
+		if p, err := newParker(); err != nil {
+			d.cfg.Logger.Info("driver gateway: every WebSocket keeps a reader goroutine", "reason", err)
+		} else {
+			d.park = p
+			d.handlers.Add(1)
+			go d.runParker(p)
+		}
 	}
+	park := d.park
 	d.connsMu.Unlock()
-	conn, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{OriginPatterns: d.cfg.OriginPatterns})
+	sb := &smallBuffers{ResponseWriter: w}
+	conn, err := websocket.Accept(sb, r, &websocket.AcceptOptions{OriginPatterns: d.cfg.OriginPatterns})
 	if err != nil {
 		d.handlers.Done()
 		return // Accept wrote the error response
 	}
 	conn.SetReadLimit(d.cfg.ReadLimit)
 
-	dc := &driverConn{ws: conn, nextPing: time.Now().Add(d.cfg.PingEvery)}
+	dc := &driverConn{id: id, ws: conn, nextPing: time.Now().Add(d.cfg.PingEvery)}
+	if park != nil && sb.raw != nil {
+		dc.park, dc.br, dc.raw = park, sb.br, sb.raw
+		dc.parkID = park.add(func() { d.resume(dc) })
+	}
 	d.connsMu.Lock()
 	if d.base.Err() != nil { // Close ran during the upgrade and did not see dc
 		d.connsMu.Unlock()
+		if dc.park != nil {
+			dc.park.forget(dc.parkID)
+		}
 		go func() {
 			defer d.handlers.Done()
 			conn.Close(websocket.StatusGoingAway, "server shutting down")
@@ -543,18 +593,29 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 	d.conns[id] = dc
 	d.connsMu.Unlock()
 	if old != nil {
+		d.unpark(old)
 		old.ws.CloseNow() // one live connection per driver: the newest wins
 	}
 	d.connections.Add(1)
-	go d.serve(id, dc)
+	d.pool.run(func() { d.serve(dc, false) })
 }
 
-// driverConn is one driver's WebSocket. An idle connection holds its
-// reader goroutine and nothing else that grows with time: no writer
-// goroutine, timer, context or queue memory. Its writer goroutine runs
-// only while messages (or a keepalive ping) wait.
+// driverConn is one driver's WebSocket. An idle connection holds nothing
+// that grows with time: no goroutine once parked (a reader runs only
+// while frames come), no writer goroutine, timer, context or queue
+// memory. Its writer goroutine runs only while messages (or a keepalive
+// ping) wait.
 type driverConn struct {
+	id positions.DriverID
 	ws *websocket.Conn
+
+	// Parking; park is nil when the connection cannot park. br is the
+	// WebSocket's read buffer: the reader parks only when it is empty,
+	// so that no frame waits in this process while the socket is quiet.
+	park   *parker
+	parkID uint64
+	br     *bufio.Reader
+	raw    syscall.RawConn
 
 	// nextPing is when the pinger pings next; Drivers.connsMu guards it.
 	nextPing time.Time
@@ -568,14 +629,25 @@ type driverConn struct {
 	ping    bool     // the writer sends a ping after the queue
 	writing bool     // a writer goroutine runs (counted in writers)
 	closed  bool     // nothing more is queued: the reader returned or a write failed
+	parked  bool     // waits in the parker: no reader runs
+	armed   bool     // the socket is in the parker's epoll set (a park re-arms it)
+	ending  bool     // being closed by this process: never parks again
 	writers sync.WaitGroup
 }
 
-// serve reads the driver's frames until the connection ends, then waits
-// for its writer.
-func (d *Drivers) serve(id positions.DriverID, dc *driverConn) {
+// serve reads the driver's frames until the connection parks (the parker
+// runs serve again, woken, when the socket turns readable) or ends; at
+// the end it waits for the writer. A woken reader reads before it may
+// park again: the bytes that woke it are in the socket, not yet in br.
+func (d *Drivers) serve(dc *driverConn, woken bool) {
+	id := dc.id
+	if d.reader(id, dc, woken) {
+		return
+	}
 	defer d.handlers.Done()
-	d.reader(id, dc)
+	if dc.park != nil {
+		dc.park.forget(dc.parkID)
+	}
 	dc.mu.Lock()
 	d.queued.Add(-int64(len(dc.queue)))
 	dc.closed, dc.queue = true, nil
@@ -592,17 +664,87 @@ func (d *Drivers) serve(id positions.DriverID, dc *driverConn) {
 	dc.ws.Close(websocket.StatusNormalClosure, "")
 }
 
-// reader handles the driver's frames. Its read has no context: whatever
-// ends the connection closes it, which ends the read.
-func (d *Drivers) reader(id positions.DriverID, dc *driverConn) {
+// reader handles the driver's frames until the connection parks (true)
+// or ends (false). Its read has no context: whatever ends the connection
+// closes it, which ends the read.
+func (d *Drivers) reader(id positions.DriverID, dc *driverConn, woken bool) (parked bool) {
 	for {
+		if !woken && d.parkIdle(dc) {
+			return true
+		}
+		woken = false
 		_, b, err := dc.ws.Read(context.Background())
 		if err != nil {
-			return
+			return false
 		}
 		dc.heard.Store(time.Now().UnixNano())
 		d.handle(id, dc, b)
 		d.framesIn.Add(1)
+	}
+}
+
+// parkIdle parks dc when no byte of it waits in this process (a frame
+// the WebSocket has not read yet would be in br): the socket goes into the
+// parker's epoll set and the reader's goroutine is free. It reports
+// whether dc parked.
+//
+// A pong (the answer to a keepalive ping) wakes a parked connection like
+// a frame; the WebSocket's read handles it and then waits for the next
+// data frame, so a connection whose driver sends nothing else holds a
+// reader again until it does. Drivers that report positions park between
+// every two reports.
+func (d *Drivers) parkIdle(dc *driverConn) bool {
+	if dc.park == nil {
+		return false
+	}
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	// ending is checked first: Close's close handshake may be reading
+	// br by now.
+	if dc.ending || dc.br.Buffered() > 0 {
+		return false
+	}
+	if err := dc.park.arm(dc.raw, dc.parkID, !dc.armed); err != nil {
+		return false // closed (the read fails at once) or the parker stopped
+	}
+	dc.armed, dc.parked = true, true
+	d.parked.Add(1)
+	return true
+}
+
+// resume gives a parked connection its reader back; the parker calls it
+// when the socket turns readable or hangs up.
+func (d *Drivers) resume(dc *driverConn) {
+	dc.mu.Lock()
+	was := dc.parked
+	dc.parked = false
+	dc.mu.Unlock()
+	if was {
+		d.parked.Add(-1)
+		d.pool.run(func() { d.serve(dc, true) })
+	}
+}
+
+// unpark is called before this process closes dc: the connection never
+// parks again, and a parked one gets its reader back, whose read sees
+// the close and ends the connection.
+func (d *Drivers) unpark(dc *driverConn) {
+	dc.mu.Lock()
+	dc.ending = true
+	dc.mu.Unlock()
+	d.resume(dc)
+}
+
+// runParker runs the parker until Close stops it. Should the parker fail
+// first, every connection parked gets its reader back and none parks
+// again.
+func (d *Drivers) runParker(p *parker) {
+	defer d.handlers.Done()
+	if err := p.run(); err != nil {
+		d.cfg.Logger.Error("driver gateway: parker stopped; connections keep their reader goroutines", "err", err)
+		for _, resume := range p.stop() {
+			resume()
+		}
 	}
 }
 
@@ -708,6 +850,7 @@ func (d *Drivers) writer(dc *driverConn) {
 		n, err := d.write(dc.ws, batch, ping)
 		d.framesOut.Add(uint64(n))
 		if err != nil {
+			d.unpark(dc)
 			dc.ws.CloseNow()
 			dc.mu.Lock()
 			d.queued.Add(-int64(len(batch) + len(dc.queue)))

@@ -300,8 +300,9 @@ func closeReads(t *testing.T) context.Context {
 	return ctx
 }
 
-// An idle connection costs the gateway one goroutine (its reader): no
-// writer, no ticker. ws-conns measures the memory this buys.
+// An idle connection costs the gateway at most one goroutine (its
+// reader, where it cannot park; none on Linux, see park_linux_test.go):
+// no writer, no ticker. ws-conns measures the memory this buys.
 func TestDriverIdleConnectionsHoldOneGoroutine(t *testing.T) {
 	g := newGateway(t, 1024, true)
 	// The first connection starts the pinger; count from after it.

@@ -428,6 +428,7 @@ var (
 	descMatchPhase      = prometheus.NewDesc("hexd_match_phase_seconds", "The steps of the way to each ride's first offer: start (waiting for a CPU), find (gather, rank, reserve), record (the offer written to the ride store), send (the offer handed to the driver's connection).", []string{"phase"}, nil)
 	descRideStates      = prometheus.NewDesc("hexd_ride_transitions_total", "Rides this process moved into each state.", []string{"state"}, nil)
 	descWSConns         = prometheus.NewDesc("hexd_gateway_websockets", "Driver WebSockets open.", nil, nil)
+	descWSParked        = prometheus.NewDesc("hexd_gateway_websockets_parked", "Driver WebSockets parked between frames: waiting in the gateway's epoll set with no goroutine.", nil, nil)
 	descThrottled       = prometheus.NewDesc("hexd_gateway_throttled_total", "Driver positions dropped under load (a fresher one from the same driver came less than 2 s before).", nil, nil)
 	descPressure        = prometheus.NewDesc("hexd_load_pressure", "Load relative to saturation (scheduling latency p99 / 20 ms, or searches / their bound); GPS gives way at 1.", nil, nil)
 	descSchedP99        = prometheus.NewDesc("hexd_sched_latency_p99_seconds", "Goroutine scheduling latency p99 over the last 250 ms.", nil, nil)
@@ -494,6 +495,7 @@ func (c apiCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRideStates, prometheus.CounterValue, float64(c.a.store.Entered(st)), st.String())
 	}
 	ch <- prometheus.MustNewConstMetric(descWSConns, prometheus.GaugeValue, float64(c.a.drivers.Connections()))
+	ch <- prometheus.MustNewConstMetric(descWSParked, prometheus.GaugeValue, float64(c.a.drivers.Parked()))
 	o := c.a.outcomes.Stats()
 	ch <- prometheus.MustNewConstMetric(descOpsEvents, prometheus.CounterValue, float64(o.Events-o.Late), "counted")
 	ch <- prometheus.MustNewConstMetric(descOpsEvents, prometheus.CounterValue, float64(o.Late), "late")
