@@ -25,9 +25,11 @@ import (
 
 // ws-conns opens -drivers idle driver WebSockets to real hexdispatch
 // processes (built from this module and started on loopback) and reports
-// the servers' memory per connection: the growth of each process's Go
-// heap plus goroutine stacks, read from its own /metrics, divided by its
-// connections. Then every driver reports one position, riders request
+// the servers' memory per connection: the growth of each process's live
+// Go heap (as its last GC marked it) plus goroutine stacks, read from its
+// own /metrics, divided by its connections (the note also gives it
+// counted with the heap's spans in use, which hold garbage and free slots
+// too). Then every driver reports one position, riders request
 // rides, and the drivers' clients time each offer from the moment the
 // engine sent it (its expires_at less the offer timeout) to its arrival:
 // the offer fan-out latency with every connection open.
@@ -93,8 +95,15 @@ func wsPerProcess() (int, error) {
 type wsProc struct {
 	proc          *engineProc
 	conns         int
-	before, after float64 // heap + stacks
+	before, after memory
 }
+
+// memory is an engine's Go memory: goroutine stacks plus the heap the last
+// GC marked live (live) or plus the heap's spans in use (inuse, which also
+// holds the garbage since and the free slots of partly used spans).
+type memory struct{ live, inuse float64 }
+
+func (m memory) minus(o memory) memory { return memory{m.live - o.live, m.inuse - o.inuse} }
 
 func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 	n := env.Drivers
@@ -165,10 +174,20 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 	}
 	dial := time.Since(start)
 	// Read each server's memory once its next collection has swept, so the
-	// handshakes' garbage does not count as connection memory.
+	// handshakes' garbage does not count as connection memory, and not
+	// before every connection has had its keepalive ping: an idle
+	// connection's pong gives it a reader goroutine again (see DESIGN.md),
+	// so the steady state of an idle connection is after its first ping.
 	wait := wsGCWait
 	if n < 1000 {
 		wait = time.Second // the small sizes are for tests: the process's own memory dominates them anyway
+	} else {
+		pinged := start.Add(wsPingedAfter)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Until(pinged)):
+		}
 	}
 	var settleMu sync.Mutex
 	var settleErr error
@@ -205,10 +224,11 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 	var perProc []string
 	total, worst := 0.0, 0.0
 	for k, a := range apis {
-		b := (a.after - a.before) / float64(a.conns)
-		total += a.after - a.before
+		d := a.after.minus(a.before)
+		b := d.live / float64(a.conns)
+		total += d.live
 		worst = max(worst, b)
-		s := fmt.Sprintf("api%d %d conns %.1f KB/conn", k+1, a.conns, b/1024)
+		s := fmt.Sprintf("api%d %d conns %.1f KB/conn (%.1f KB counting heap in use)", k+1, a.conns, b/1024, d.inuse/float64(a.conns)/1024)
 		if rss, ok := a.proc.rss(); ok {
 			s += fmt.Sprintf(" (RSS %.0f MB)", rss/(1<<20))
 		}
@@ -231,7 +251,7 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 		Seconds:        round(dial.Seconds()),
 		P50us:          round(lat.Percentile(50)), P99us: round(lat.Percentile(99)),
 		Ops: int64(len(lat.samples)), OffersPerS: round(fan.offersPerS), Errors: fan.missing,
-		Note: fmt.Sprintf("server heap + goroutine stacks per idle driver WebSocket, mean over %s (worst process %.1f KB), read after a GC in %d of %d processes: %s; "+
+		Note: fmt.Sprintf("server live heap (as the last GC marked it) + goroutine stacks per idle driver WebSocket, mean over %s (worst process %.1f KB), read after a GC in %d of %d processes: %s; "+
 			"seconds = time to open them all (%d client processes, up to %d source addresses each); "+
 			"p50/p99 = offer fan-out, engine send to client receipt, %d rides at %d/s offered to %d drivers each (%d offers sent, %d received, %d not received = errors); engine %s",
 			split, worst/1024, collected, len(apis), strings.Join(perProc, "; "), len(clients), srcAddrs,
@@ -239,18 +259,23 @@ func runWSConns(ctx context.Context, env Env) ([]Result, error) {
 	}}, nil
 }
 
+// wsPingedAfter is when, after the first connection opened, every one
+// has had its keepalive ping: the engine pings a connection silent for
+// PingEvery, checking eight times per PingEvery.
+var wsPingedAfter = dispatch.DefaultDriversConfig().PingEvery * 5 / 4
+
 // wsGCWait bounds the wait for a server's next garbage collection after
 // the connections are open: an idle Go process collects at least every
 // two minutes.
 const wsGCWait = 130 * time.Second
 
 // memoryAfterGC waits for the process's next garbage collection, at most
-// wait, and returns its heap in use plus stacks read once it swept (gc
-// false: none came, the figure includes garbage).
-func memoryAfterGC(ctx context.Context, base string, wait time.Duration) (float64, bool, error) {
+// wait, and returns its memory read once it swept (gc false: none came,
+// the live heap is the last GC's from before).
+func memoryAfterGC(ctx context.Context, base string, wait time.Duration) (memory, bool, error) {
 	n0, err := engineGauge(base, "go_gc_duration_seconds_count")
 	if err != nil {
-		return 0, false, err
+		return memory{}, false, err
 	}
 	deadline := time.Now().Add(wait)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -584,14 +609,16 @@ func startEngineProc(ctx context.Context, bin string, extra ...string) (*engineP
 	return &engineProc{base: p.Base, pid: p.Pid, stop: func() { p.Stop() }}, nil
 }
 
-// engineMemory is the engine's Go heap in use plus goroutine stacks.
-func engineMemory(base string) (float64, error) {
-	heap, err := engineGauge(base, "go_memstats_heap_inuse_bytes")
-	if err != nil {
-		return 0, err
+// engineMemory reads the engine's Go memory from its /metrics.
+func engineMemory(base string) (memory, error) {
+	var v [3]float64
+	for i, name := range []string{"go_gc_heap_live_bytes", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes"} {
+		var err error
+		if v[i], err = engineGauge(base, name); err != nil {
+			return memory{}, err
+		}
 	}
-	stack, err := engineGauge(base, "go_memstats_stack_inuse_bytes")
-	return heap + stack, err
+	return memory{live: v[0] + v[2], inuse: v[1] + v[2]}, nil
 }
 
 // engineGauge reads one unlabelled sample from the engine's /metrics.

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 	"slices"
 	"time"
 
@@ -168,7 +169,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (e *Engine, err erro
 		}
 	}()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// go_gc_heap_live_bytes (the heap the last GC marked live) besides
+	// the MemStats gauges: what the process retains, without the garbage
+	// and free slots that heap_inuse also counts.
+	gc := collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+		collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/heap/live:bytes$`)}))
+	reg.MustRegister(gc, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if e.in, err = newIngest(ctx, cfg, log); err != nil {
 		return nil, err
