@@ -171,7 +171,10 @@ func (p *parker) stop() []func() {
 		left = append(left, resume)
 	}
 	p.resumes = nil
-	p.ep.Close()
 	p.mu.Unlock()
+	// Outside mu: Close waits for run's callback to return, and the
+	// callback takes mu. arm uses the descriptor only under mu while
+	// resumes is set, so none does once it is nil.
+	p.ep.Close()
 	return left
 }

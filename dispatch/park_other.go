@@ -18,5 +18,5 @@ func newParker() (*parker, error) {
 func (p *parker) add(func()) uint64                       { return 0 }
 func (p *parker) forget(uint64)                           {}
 func (p *parker) arm(syscall.RawConn, uint64, bool) error { return errors.ErrUnsupported }
-func (p *parker) run() ([]func(), error)                  { return nil, nil }
-func (p *parker) stop()                                   {}
+func (p *parker) run() error                              { return nil }
+func (p *parker) stop() []func()                          { return nil }
