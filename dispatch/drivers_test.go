@@ -475,26 +475,55 @@ func TestDriverSlowConsumerDropsAndCloses(t *testing.T) {
 // the gateway: the hijack keeps the bytes the HTTP server read ahead.
 func TestDriverFrameRightAfterHandshake(t *testing.T) {
 	g := newGateway(t, 1024, true)
+	nc, req := rawDriverConn(t, g, "d1")
+	if _, err := nc.Write(append([]byte(req), maskedTextFrame("not json")...)); err != nil {
+		t.Fatal(err)
+	}
+	br := readUpgrade(t, nc)
+	if op, body := readServerFrame(t, br); op != 0x81 || !strings.Contains(string(body), "invalid_json") {
+		t.Fatalf("answer to a frame sent with the handshake: %#x %s", op, body)
+	}
+}
+
+// rawDriverConn dials the gateway over plain TCP (10 s deadline) and
+// returns the connection with the WebSocket upgrade request for driver
+// sub, not yet sent: for tests that control the bytes on the wire.
+func rawDriverConn(t *testing.T, g *gateway, sub string) (net.Conn, string) {
+	t.Helper()
 	nc, err := net.Dial("tcp", strings.TrimPrefix(g.srv.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(func() { nc.Close() })
 	nc.SetDeadline(time.Now().Add(10 * time.Second))
-	payload := "not json"
 	req := "GET /v1/drivers/ws HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
-		"Authorization: Bearer " + g.token(t, "d1", dispatch.RoleDriver) + "\r\n\r\n"
-	// One masked text frame; a zero mask key leaves the payload as is.
-	frame := append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
-	if _, err := nc.Write(append([]byte(req), frame...)); err != nil {
-		t.Fatal(err)
-	}
+		"Authorization: Bearer " + g.token(t, sub, dispatch.RoleDriver) + "\r\n\r\n"
+	return nc, req
+}
+
+// maskedTextFrame is one client text frame (payload under 126 bytes); a
+// zero mask key leaves the payload as is.
+func maskedTextFrame(payload string) []byte {
+	return append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+}
+
+// readUpgrade reads the gateway's answer to rawDriverConn's upgrade
+// request, which must be 101, and returns the reader the frames follow in.
+func readUpgrade(t *testing.T, nc net.Conn) *bufio.Reader {
+	t.Helper()
 	br := bufio.NewReader(nc)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("handshake: %v %v", resp, err)
 	}
+	return br
+}
+
+// readServerFrame reads one unmasked server frame (payload under 64 KiB)
+// and returns its first byte and its payload.
+func readServerFrame(t *testing.T, br *bufio.Reader) (byte, []byte) {
+	t.Helper()
 	var hdr [2]byte
 	if _, err := io.ReadFull(br, hdr[:]); err != nil {
 		t.Fatal(err)
@@ -511,7 +540,5 @@ func TestDriverFrameRightAfterHandshake(t *testing.T) {
 	if _, err := io.ReadFull(br, body); err != nil {
 		t.Fatal(err)
 	}
-	if hdr[0] != 0x81 || !strings.Contains(string(body), "invalid_json") {
-		t.Fatalf("answer to a frame sent with the handshake: %#x %s", hdr[0], body)
-	}
+	return hdr[0], body
 }

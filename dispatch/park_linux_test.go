@@ -1,12 +1,8 @@
 package dispatch_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"runtime"
 	"strings"
 	"testing"
@@ -76,28 +72,14 @@ func TestDriverIdleConnectionsPark(t *testing.T) {
 // connection, whose reader then waits for the rest.
 func TestDriverParkedFrameInParts(t *testing.T) {
 	g := newGateway(t, 1024, true)
-	nc, err := net.Dial("tcp", strings.TrimPrefix(g.srv.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(10 * time.Second))
-	req := "GET /v1/drivers/ws HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
-		"Authorization: Bearer " + g.token(t, "d1", dispatch.RoleDriver) + "\r\n\r\n"
+	nc, req := rawDriverConn(t, g, "d1")
 	if _, err := nc.Write([]byte(req)); err != nil {
 		t.Fatal(err)
 	}
-	br := bufio.NewReader(nc)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("handshake: %v %v", resp, err)
-	}
+	br := readUpgrade(t, nc)
 	waitFor(t, "the connection parked", func() bool { return g.drivers.Parked() == 1 })
 
-	payload := "not json"
-	// One masked text frame; a zero mask key leaves the payload as is.
-	frame := append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+	frame := maskedTextFrame("not json")
 	if _, err := nc.Write(frame[:3]); err != nil {
 		t.Fatal(err)
 	}
@@ -105,16 +87,8 @@ func TestDriverParkedFrameInParts(t *testing.T) {
 	if _, err := nc.Write(frame[3:]); err != nil {
 		t.Fatal(err)
 	}
-	var hdr [2]byte
-	if _, err := io.ReadFull(br, hdr[:]); err != nil {
-		t.Fatal(err)
-	}
-	body := make([]byte, int(hdr[1]&0x7f))
-	if _, err := io.ReadFull(br, body); err != nil {
-		t.Fatal(err)
-	}
-	if hdr[0] != 0x81 || !strings.Contains(string(body), "invalid_json") {
-		t.Fatalf("answer to a frame sent in parts: %#x %s", hdr[0], body)
+	if op, body := readServerFrame(t, br); op != 0x81 || !strings.Contains(string(body), "invalid_json") {
+		t.Fatalf("answer to a frame sent in parts: %#x %s", op, body)
 	}
 	waitFor(t, "the connection parked again", func() bool { return g.drivers.Parked() == 1 })
 }
