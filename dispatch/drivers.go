@@ -640,8 +640,7 @@ type driverConn struct {
 // the end it waits for the writer. A woken reader reads before it may
 // park again: the bytes that woke it are in the socket, not yet in br.
 func (d *Drivers) serve(dc *driverConn, woken bool) {
-	id := dc.id
-	if d.reader(id, dc, woken) {
+	if d.reader(dc, woken) {
 		return
 	}
 	defer d.handlers.Done()
@@ -654,8 +653,8 @@ func (d *Drivers) serve(dc *driverConn, woken bool) {
 	dc.mu.Unlock()
 	dc.writers.Wait()
 	d.connsMu.Lock()
-	if d.conns[id] == dc {
-		delete(d.conns, id)
+	if d.conns[dc.id] == dc {
+		delete(d.conns, dc.id)
 	}
 	d.connsMu.Unlock()
 	// A no-op when the connection is already closed: by the peer, by a
@@ -667,7 +666,7 @@ func (d *Drivers) serve(dc *driverConn, woken bool) {
 // reader handles the driver's frames until the connection parks (true)
 // or ends (false). Its read has no context: whatever ends the connection
 // closes it, which ends the read.
-func (d *Drivers) reader(id positions.DriverID, dc *driverConn, woken bool) (parked bool) {
+func (d *Drivers) reader(dc *driverConn, woken bool) (parked bool) {
 	for {
 		if !woken && d.parkIdle(dc) {
 			return true
@@ -678,7 +677,7 @@ func (d *Drivers) reader(id positions.DriverID, dc *driverConn, woken bool) (par
 			return false
 		}
 		dc.heard.Store(time.Now().UnixNano())
-		d.handle(id, dc, b)
+		d.handle(dc.id, dc, b)
 		d.framesIn.Add(1)
 	}
 }
