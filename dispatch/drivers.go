@@ -184,6 +184,7 @@ type Drivers struct {
 	framesIn, framesOut atomic.Uint64
 	queued              atomic.Int64
 	parked              atomic.Int64 // connections waiting with no goroutine
+	parkFailures        atomic.Uint64
 }
 
 // Traffic counts the gateway's WebSocket frames, for a caller that waits
@@ -265,6 +266,11 @@ func (d *Drivers) Stats() DriverStats {
 
 // Parked returns how many driver WebSockets wait with no goroutine.
 func (d *Drivers) Parked() int { return int(d.parked.Load()) }
+
+// ParkFailures returns how many times an idle driver WebSocket could not
+// park for an epoll error (a closed connection or a stopped gateway is
+// not one) and kept its reader goroutine until its next frame.
+func (d *Drivers) ParkFailures() uint64 { return d.parkFailures.Load() }
 
 // Connections returns how many driver WebSockets are open.
 func (d *Drivers) Connections() int {
@@ -704,7 +710,15 @@ func (d *Drivers) parkIdle(dc *driverConn) bool {
 		return false
 	}
 	if err := dc.park.arm(dc.raw, dc.parkID, !dc.armed); err != nil {
-		return false // closed (the read fails at once) or the parker stopped
+		// A closed connection's read fails at once, and a stopped parker
+		// means shutdown: neither is a failure. Anything else (the
+		// system's epoll watch limit, say) keeps the reader: counted,
+		// and logged the first time.
+		if armFailed(err) && d.parkFailures.Add(1) == 1 {
+			d.cfg.Logger.Warn("driver gateway: an idle connection could not park and keeps its reader goroutine (counted in hexd_gateway_websocket_park_failures_total; later ones are not logged)",
+				"driver", dc.id, "err", err)
+		}
+		return false
 	}
 	dc.armed, dc.parked = true, true
 	d.parked.Add(1)

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -115,6 +116,12 @@ func (p *parker) arm(raw syscall.RawConn, id uint64, first bool) error {
 }
 
 var errParkerStopped = errors.New("parker stopped")
+
+// armFailed reports whether err, from arm, is a failure to count: not the
+// connection closed under it, nor the parker stopped.
+func armFailed(err error) bool {
+	return err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, errParkerStopped)
+}
 
 // run drains fired entries and runs their resumes until stop (it then
 // returns nil) or an epoll_wait error.

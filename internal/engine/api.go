@@ -429,6 +429,7 @@ var (
 	descRideStates      = prometheus.NewDesc("hexd_ride_transitions_total", "Rides this process moved into each state.", []string{"state"}, nil)
 	descWSConns         = prometheus.NewDesc("hexd_gateway_websockets", "Driver WebSockets open.", nil, nil)
 	descWSParked        = prometheus.NewDesc("hexd_gateway_websockets_parked", "Driver WebSockets parked between frames: waiting in the gateway's epoll set with no goroutine.", nil, nil)
+	descWSParkFailures  = prometheus.NewDesc("hexd_gateway_websocket_park_failures_total", "Times an idle driver WebSocket could not park for an epoll error and kept its reader goroutine until its next frame.", nil, nil)
 	descThrottled       = prometheus.NewDesc("hexd_gateway_throttled_total", "Driver positions dropped under load (a fresher one from the same driver came less than 2 s before).", nil, nil)
 	descPressure        = prometheus.NewDesc("hexd_load_pressure", "Load relative to saturation (scheduling latency p99 / 20 ms, or searches / their bound); GPS gives way at 1.", nil, nil)
 	descSchedP99        = prometheus.NewDesc("hexd_sched_latency_p99_seconds", "Goroutine scheduling latency p99 over the last 250 ms.", nil, nil)
@@ -496,6 +497,7 @@ func (c apiCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descWSConns, prometheus.GaugeValue, float64(c.a.drivers.Connections()))
 	ch <- prometheus.MustNewConstMetric(descWSParked, prometheus.GaugeValue, float64(c.a.drivers.Parked()))
+	ch <- prometheus.MustNewConstMetric(descWSParkFailures, prometheus.CounterValue, float64(c.a.drivers.ParkFailures()))
 	o := c.a.outcomes.Stats()
 	ch <- prometheus.MustNewConstMetric(descOpsEvents, prometheus.CounterValue, float64(o.Events-o.Late), "counted")
 	ch <- prometheus.MustNewConstMetric(descOpsEvents, prometheus.CounterValue, float64(o.Late), "late")
