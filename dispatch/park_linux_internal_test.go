@@ -37,28 +37,14 @@ func TestParkerArmFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcpRaw, err := c.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, tcpRaw := dialRaw(t, ln.Addr().String())
 	c.Close()
 	if err := p.arm(tcpRaw, id, true); err == nil || armFailed(err) {
 		t.Errorf("arm on a closed connection: %v, armFailed %v; want an error that does not count", err, armFailed(err))
 	}
 
-	c2, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c2, raw2 := dialRaw(t, ln.Addr().String())
 	defer c2.Close()
-	raw2, err := c2.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
 	p.stop()
 	if err := p.arm(raw2, id, true); err == nil || armFailed(err) {
 		t.Errorf("arm after stop: %v, armFailed %v; want an error that does not count", err, armFailed(err))
@@ -66,4 +52,20 @@ func TestParkerArmFailures(t *testing.T) {
 	if armFailed(nil) {
 		t.Error("armFailed(nil) = true")
 	}
+}
+
+// dialRaw opens a TCP connection to addr and returns it with its raw
+// descriptor access.
+func dialRaw(t *testing.T, addr string) (net.Conn, syscall.RawConn) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	return c, raw
 }
