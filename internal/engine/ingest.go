@@ -95,13 +95,24 @@ func newIngest(ctx context.Context, cfg Config, log *slog.Logger) (*ingest, erro
 // simulated timestamps, which a time bound on the wall clock would take
 // for long expired. A partition's bound holds many minutes of a busy
 // city's positions, far more than the TTL a rebuild replays.
+//
+// The broker writes each partition's records to segment files it keeps
+// in memory and frees only whole segments, and a segment file grows by
+// doubling (a new buffer, zeroed, the old one copied in): at the broker's
+// 100 MiB default a partition held up to that much whatever the bound,
+// and each doubling of a segment was a burst of tens of megabytes of
+// fresh memory that stalled requests and brought on a collection. Small
+// segments make the bound hold (about the bound plus two segments a
+// partition) and keep every growth step small.
 const (
 	embeddedPartitionBytes = 32 << 20
+	embeddedSegmentBytes   = 1 << 20
 	embeddedRetentionEvery = 30 * time.Second
 )
 
 // boundEmbeddedTopics sets retention.bytes to limit on the in-process
-// broker's topics, and lifts their time bound.
+// broker's topics, with segments of embeddedSegmentBytes, and lifts their
+// time bound.
 func boundEmbeddedTopics(ctx context.Context, brokers []string, limit int) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
@@ -110,10 +121,11 @@ func boundEmbeddedTopics(ctx context.Context, brokers []string, limit int) error
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	bytes, forever := strconv.Itoa(limit), "-1"
+	bytes, segment, forever := strconv.Itoa(limit), strconv.Itoa(embeddedSegmentBytes), "-1"
 	topics := []string{positions.DefaultTopic, positions.DefaultDLQTopic, dispatch.DefaultRideEventsTopic}
 	res, err := kadm.NewClient(cl).AlterTopicConfigs(ctx, []kadm.AlterConfig{
 		{Op: kadm.SetConfig, Name: "retention.bytes", Value: &bytes},
+		{Op: kadm.SetConfig, Name: "segment.bytes", Value: &segment},
 		{Op: kadm.SetConfig, Name: "retention.ms", Value: &forever}, // no time bound (see above), not the default week
 	}, topics...)
 	if err != nil {
