@@ -337,13 +337,19 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	// engine sent the offer (a clock shared by both processes), and post
 	// is the POST's round trip.
 	var t, engine, delivery, post Timer
+	var timeline []TimelineRow
 	r.ridesMu.Lock()
 	for _, ride := range r.rides {
 		if !ride.offered.IsZero() {
 			t.samples = append(t.samples, ride.offered.Sub(ride.sent))
+			row := TimelineRow{Sent: ride.sent, ToOffer: ride.offered.Sub(ride.sent)}
 			if !ride.pushed.IsZero() {
 				engine.samples = append(engine.samples, ride.pushed.Sub(ride.sent))
 				delivery.samples = append(delivery.samples, ride.offered.Sub(ride.pushed))
+				row.ToSend = ride.pushed.Sub(ride.sent)
+			}
+			if env.Timeline != nil {
+				timeline = append(timeline, row)
 			}
 		}
 		if !ride.answered.IsZero() {
@@ -352,6 +358,11 @@ func matchE2E(ctx context.Context, env Env, peer *redisPeer) ([]Result, error) {
 	}
 	noOffer := r.created.Load() - int64(len(t.samples))
 	r.ridesMu.Unlock()
+	if env.Timeline != nil {
+		if err := env.Timeline.Add(system, timeline); err != nil {
+			return nil, err
+		}
+	}
 	engineStats := engineOfferStats(base)
 	if c := r.created.Load(); c > 0 && cpu1 > cpu0 {
 		engineStats += fmt.Sprintf(", %.2f ms engine CPU per created ride over the loop (%.2f cores; hexbench itself %.2f cores at GOMAXPROCS %d)",

@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,8 +29,9 @@ func TestMatchE2EWorkload(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
+	timeline := filepath.Join(t.TempDir(), "timeline.csv")
 	err := run(ctx, []string{"-workloads", "match-e2e", "-drivers", "300", "-ws-drivers", "100",
-		"-rate", "20", "-duration", "4s", "-refresh", "2s"}, &out, io.Discard)
+		"-rate", "20", "-duration", "4s", "-refresh", "2s", "-timeline", timeline}, &out, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,6 +57,45 @@ func TestMatchE2EWorkload(t *testing.T) {
 	}
 	if !regexp.MustCompile(`engine phases of the first offers, p99 at most: start [0-9.e+-]+ ms, find [0-9.e+-]+ ms, record [0-9.e+-]+ ms, send [0-9.e+-]+ ms`).MatchString(r.Note) {
 		t.Fatalf("note %q has no phase breakdown", r.Note)
+	}
+	checkTimeline(t, timeline, r)
+}
+
+// checkTimeline reads a -timeline file of one match-e2e result r: a line
+// per offered ride, oldest request first, within the run's duration, the
+// engine's send before the driver's read.
+func checkTimeline(t *testing.T, path string, r Result) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	if lines[0] != TimelineHeader || int64(len(lines)-1) != r.Ops {
+		t.Fatalf("timeline: header %q and %d rides, want %q and %d", lines[0], len(lines)-1, TimelineHeader, r.Ops)
+	}
+	var first, last int64
+	for i, l := range lines[1:] {
+		f := strings.Split(l, ",")
+		if len(f) != 4 || f[0] != r.System {
+			t.Fatalf("timeline line %q: want 4 fields of system %s", l, r.System)
+		}
+		var v [3]int64
+		for j := range v {
+			if v[j], err = strconv.ParseInt(f[j+1], 10, 64); err != nil {
+				t.Fatalf("timeline line %q: %v", l, err)
+			}
+		}
+		if i == 0 {
+			first = v[0]
+		}
+		if v[0] < last || v[1] <= 0 || v[2] < 0 || v[2] > v[1] {
+			t.Fatalf("timeline line %q: want requests in order, and 0 <= request to send <= request to offer", l)
+		}
+		last = v[0]
+	}
+	if span := time.Duration(last-first) * time.Microsecond; span > time.Duration(r.Seconds*float64(time.Second))+time.Second {
+		t.Fatalf("timeline spans %v, more than the %.1f s run", span, r.Seconds)
 	}
 }
 

@@ -63,6 +63,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"-drivers", "ten"},
 		{"-duration", "-1s"},
 		{"-client-procs", "-1"},
+		{"-timeline", "/nonexistent-dir/timeline.csv", "-workloads", "index-memory", "-drivers", "10"},
 		{"stray"},
 	} {
 		if err := run(context.Background(), args, io.Discard, io.Discard); err == nil {

@@ -61,6 +61,8 @@ type Env struct {
 	// ClientProcs is hexbench's GOMAXPROCS while match-e2e runs (0: as
 	// it is).
 	ClientProcs int
+	// Timeline, when not nil, gets each offered ride of match-e2e.
+	Timeline *Timeline
 }
 
 // Workload is one named benchmark.
