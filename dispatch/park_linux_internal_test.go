@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // arm's errors: a closed connection and a stopped parker are expected
@@ -68,4 +69,104 @@ func dialRaw(t *testing.T, addr string) (net.Conn, syscall.RawConn) {
 		t.Fatal(err)
 	}
 	return c, raw
+}
+
+// stop while run is inside a resume: stop waits for that resume to
+// return, hands back every connection still registered (the busy one
+// too: its reader must be restarted by the caller), run returns nil, and
+// nothing can be armed after.
+func TestParkerStopWhileRunBusy(t *testing.T) {
+	p, err := newParker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- p.run() }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const conns = 3
+	clients := make([]net.Conn, conns)
+	raws := make([]syscall.RawConn, conns)
+	ids := make([]uint64, conns)
+	busy, release := make(chan struct{}), make(chan struct{})
+	resumed := make([]int, conns) // by index, only from run's goroutine (and after it ends)
+	for i := range conns {
+		c, _ := dialRaw(t, ln.Addr().String())
+		defer c.Close()
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		raw, err := s.(*net.TCPConn).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients[i], raws[i] = c, raw
+		ids[i] = p.add(func() {
+			resumed[i]++
+			if i == 0 && resumed[i] == 1 {
+				close(busy)
+				<-release // run is busy here while stop is called
+			}
+		})
+		if err := p.arm(raw, ids[i], true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := clients[0].Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-busy:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first connection's resume did not run")
+	}
+	stopped := make(chan []func(), 1)
+	go func() { stopped <- p.stop() }()
+	// The other connections turn readable while run is busy: their
+	// entries fire, but the parker is stopping and must not resume them.
+	for _, c := range clients[1:] {
+		if _, err := c.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-stopped:
+		t.Fatal("stop returned while run was still inside a resume")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	var left []func()
+	select {
+	case left = <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("stop did not return after the busy resume did")
+	}
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatalf("run after stop: %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after stop")
+	}
+	if resumed[0] != 1 || resumed[1] != 0 || resumed[2] != 0 {
+		t.Fatalf("resumes ran %v times by connection, want [1 0 0]", resumed)
+	}
+	if len(left) != conns {
+		t.Fatalf("stop handed back %d connections, want all %d", len(left), conns)
+	}
+	for _, resume := range left {
+		resume()
+	}
+	if resumed[0] != 2 || resumed[1] != 1 || resumed[2] != 1 {
+		t.Fatalf("after running what stop handed back: %v, want [2 1 1]", resumed)
+	}
+	if err := p.arm(raws[1], ids[1], false); !errors.Is(err, errParkerStopped) {
+		t.Fatalf("arm after stop: %v, want errParkerStopped", err)
+	}
 }
