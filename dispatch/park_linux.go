@@ -32,8 +32,10 @@ const (
 // it back.
 //
 // Concurrency: one goroutine (run) drains the set; mu guards resumes and
-// the descriptor's lifetime (stop closes it under mu, and arm uses it
-// under mu). A connection's entry is armed through its syscall.RawConn,
+// the descriptor's lifetime: stop sets resumes to nil under mu's write
+// lock, and arm uses the descriptor under its read lock only while
+// resumes is set, so the arms of many connections (an epoll_ctl each)
+// run side by side and never behind run's lookups. A connection's entry is armed through its syscall.RawConn,
 // which holds the socket's descriptor open while epoll_ctl runs, so an
 // entry is never armed on a descriptor that a closed connection gave back
 // and a new one took. The kernel drops a descriptor's entry when the
@@ -43,7 +45,7 @@ type parker struct {
 	ep   *os.File // epfd, registered with the runtime's netpoller
 	raw  syscall.RawConn
 
-	mu      sync.Mutex
+	mu      sync.RWMutex
 	resumes map[uint64]func() // by connection id; nil once stopped
 	nextID  uint64
 }
@@ -101,8 +103,8 @@ func (p *parker) arm(raw syscall.RawConn, id uint64, first bool) error {
 	}
 	var ctlErr error
 	err := raw.Control(func(fd uintptr) {
-		p.mu.Lock()
-		defer p.mu.Unlock()
+		p.mu.RLock()
+		defer p.mu.RUnlock()
 		if p.resumes == nil {
 			ctlErr = errParkerStopped
 			return
@@ -141,13 +143,13 @@ func (p *parker) run() error {
 			case n == 0:
 				return false // nothing fired: wait on the netpoller
 			}
-			p.mu.Lock()
+			p.mu.RLock()
 			for _, ev := range events[:n] {
 				if resume := p.resumes[uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32]; resume != nil {
 					ready = append(ready, resume)
 				}
 			}
-			p.mu.Unlock()
+			p.mu.RUnlock()
 			// Outside mu: a resume takes the connection's lock, which
 			// arm's caller holds while it takes mu.
 			for _, resume := range ready {
@@ -157,9 +159,9 @@ func (p *parker) run() error {
 			ready = ready[:0]
 		}
 	})
-	p.mu.Lock()
+	p.mu.RLock()
 	stopped := p.resumes == nil
-	p.mu.Unlock()
+	p.mu.RUnlock()
 	if stopped {
 		return nil
 	}
@@ -180,8 +182,8 @@ func (p *parker) stop() []func() {
 	p.resumes = nil
 	p.mu.Unlock()
 	// Outside mu: Close waits for run's callback to return, and the
-	// callback takes mu. arm uses the descriptor only under mu while
-	// resumes is set, so none does once it is nil.
+	// callback takes mu's read lock. arm uses the descriptor only under
+	// mu's read lock while resumes is set, so none does once it is nil.
 	p.ep.Close()
 	return left
 }

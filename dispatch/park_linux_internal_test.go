@@ -170,3 +170,50 @@ func TestParkerStopWhileRunBusy(t *testing.T) {
 		t.Fatalf("arm after stop: %v, want errParkerStopped", err)
 	}
 }
+
+// BenchmarkParkerArm re-arms parked sockets from parallel goroutines, as
+// the readers of many WebSockets do after each frame.
+func BenchmarkParkerArm(b *testing.B) {
+	p, err := newParker()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.stop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	const conns = 64
+	type parked struct {
+		raw syscall.RawConn
+		id  uint64
+	}
+	next := make(chan parked, conns)
+	for range conns {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		raw, err := c.(*net.TCPConn).SyscallConn()
+		if err != nil {
+			b.Fatal(err)
+		}
+		id := p.add(func() {})
+		if err := p.arm(raw, id, true); err != nil {
+			b.Fatal(err)
+		}
+		next <- parked{raw, id}
+	}
+	b.RunParallel(func(pb *testing.PB) {
+		c := <-next // one socket a goroutine, as one reader a connection
+		defer func() { next <- c }()
+		for pb.Next() {
+			if err := p.arm(c.raw, c.id, false); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
