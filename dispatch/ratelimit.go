@@ -9,9 +9,14 @@ import (
 )
 
 // RateLimiter gives each client key (a token subject, or an address for
-// unauthenticated calls) its own token bucket. The map of buckets is
-// bounded: when full, buckets idle for longer than the refill time are
-// dropped, and if none is, new keys share one overflow bucket (so a flood of
+// unauthenticated calls) its own token bucket. A bucket idle for longer
+// than the refill time is full again, the same as a new one, so it is
+// dropped: each time the map has doubled since the last sweep, a sweep
+// drops the idle ones, and the map holds about the keys seen within the
+// refill time rather than every key up to the bound (a city's riders are
+// many, each calls now and then, and each bucket is three objects the
+// collector marks in every cycle). The map is bounded: when full and
+// nothing is idle, new keys share one overflow bucket (so a flood of
 // fresh keys is limited as one client rather than growing memory).
 //
 // Safe for concurrent use; the mutex guards the map.
@@ -23,8 +28,13 @@ type RateLimiter struct {
 
 	mu       sync.Mutex
 	buckets  map[string]*bucket
+	sweepAt  int // sweep idle buckets when the map reaches this many
 	overflow *rate.Limiter
 }
+
+// minSweepAt is the smallest map size that starts a sweep: below it a
+// sweep would cost more than the buckets it frees.
+const minSweepAt = 1024
 
 type bucket struct {
 	lim  *rate.Limiter
@@ -40,6 +50,7 @@ func NewRateLimiter(perSecond float64, burst, maxKeys int, now func() time.Time)
 	return &RateLimiter{
 		limit: rate.Limit(perSecond), burst: burst, maxKeys: maxKeys, now: now,
 		buckets:  make(map[string]*bucket),
+		sweepAt:  min(minSweepAt, maxKeys),
 		overflow: rate.NewLimiter(rate.Limit(perSecond), burst),
 	}, nil
 }
@@ -67,13 +78,16 @@ func (l *RateLimiter) lookup(key string, now time.Time) *rate.Limiter {
 		b.seen = now
 		return b.lim
 	}
-	if len(l.buckets) >= l.maxKeys {
+	if len(l.buckets) >= l.sweepAt {
 		idle := time.Duration(float64(l.burst) / float64(l.limit) * float64(time.Second))
 		for k, b := range l.buckets {
 			if now.Sub(b.seen) > idle {
 				delete(l.buckets, k)
 			}
 		}
+		// The next sweep when as many new keys have come as are kept:
+		// each key costs a constant share of the sweeps.
+		l.sweepAt = min(max(minSweepAt, 2*len(l.buckets)), l.maxKeys)
 		if len(l.buckets) >= l.maxKeys {
 			return l.overflow
 		}

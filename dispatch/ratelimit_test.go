@@ -100,3 +100,41 @@ func TestRideEndpointsAreRateLimited(t *testing.T) {
 		t.Fatalf("another client was limited: %d", resp.StatusCode)
 	}
 }
+
+// TestRateLimiterDropsIdleBuckets: a steady stream of clients that each
+// call once (riders asking for a ride) keeps about the keys of the last
+// refill time, not every key up to the bound; a dropped key starts again
+// with a full burst, as its idle bucket would have.
+func TestRateLimiterDropsIdleBuckets(t *testing.T) {
+	c := &clock{t: t0}
+	l, err := dispatch.NewRateLimiter(5, 20, 100_000, c.now) // refill time 4 s
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if ok, _ := l.Allow("first"); !ok {
+			t.Fatalf("burst call %d refused", i)
+		}
+	}
+	most := 0
+	for i := range 30_000 { // 500 new keys a second for a minute
+		c.t = c.t.Add(2 * time.Millisecond)
+		if ok, _ := l.Allow("k" + strconv.Itoa(i)); !ok {
+			t.Fatalf("key %d refused its first call", i)
+		}
+		most = max(most, l.Len())
+	}
+	// 2,000 keys come within a refill time; a sweep runs when the map
+	// has doubled since the last, so it holds up to about twice that.
+	if most > 4_500 {
+		t.Fatalf("the limiter held up to %d keys, want about the 2,000 of the last 4 s", most)
+	}
+	for i := range 20 {
+		if ok, _ := l.Allow("first"); !ok {
+			t.Fatalf("a key idle for a minute: burst call %d refused", i)
+		}
+	}
+	if ok, _ := l.Allow("first"); ok {
+		t.Fatal("more than the burst allowed after the key came back")
+	}
+}
