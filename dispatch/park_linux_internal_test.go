@@ -134,10 +134,24 @@ func TestParkerStopWhileRunBusy(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// stop has dropped the resumes (it then waits in Close for run's
+	// callback) and must still be waiting, as the busy resume has not
+	// returned.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		p.mu.RLock()
+		dropped := p.resumes == nil
+		p.mu.RUnlock()
+		if dropped {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("stop did not drop the resumes")
+		}
+	}
 	select {
 	case <-stopped:
 		t.Fatal("stop returned while run was still inside a resume")
-	case <-time.After(50 * time.Millisecond):
+	case <-time.After(20 * time.Millisecond):
 	}
 	close(release)
 	var left []func()

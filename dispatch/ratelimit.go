@@ -75,7 +75,9 @@ func (l *RateLimiter) Allow(key string) (bool, time.Duration) {
 
 func (l *RateLimiter) lookup(key string, now time.Time) *rate.Limiter {
 	if b, ok := l.buckets[key]; ok {
-		b.seen = now
+		if now.After(b.seen) { // a caller that read the clock earlier may get the lock later
+			b.seen = now
+		}
 		return b.lim
 	}
 	if len(l.buckets) >= l.sweepAt {

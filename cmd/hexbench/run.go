@@ -52,7 +52,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.nice, "nice", 0, "match-e2e: once the engine has started, lower hexbench's own CPU priority by this much (0-19; the engine and redis-server keep theirs), so that on a machine it shares with them the load generator gives way; its own delays still count in the latencies it reports")
 	fs.IntVar(&c.clientProcs, "client-procs", 1, "match-e2e: GOMAXPROCS of hexbench's own client side while it runs (the engine it starts keeps every core): its goroutines mostly wait on sockets, and one P spares the machine the wake-ups across a second; 0 = leave it")
 	fs.DurationVar(&c.refresh, "refresh", 10*time.Second, "match-e2e: each driver reports its position again this often (the engine's TTL is three of these)")
-	fs.StringVar(&c.timeline, "timeline", "", "match-e2e: write each offered ride's timeline to this file (CSV: system, when the request was sent in Unix microseconds, request to offer and request to the engine's send in microseconds), to see a tail's spread over the run")
+	fs.StringVar(&c.timeline, "timeline", "", "match-e2e: write each offered ride's timeline to this file (CSV: system, when the request was sent in Unix microseconds, request to offer and request to the engine's send in microseconds, the last 0 when the engine's send time is not known), to see a tail's spread over the run")
 	fs.StringVar(&c.goBench, "gobench", "", "convert `go test -bench` output (a file; - for stdin) into result lines and exit")
 	fs.StringVar(&c.ratios, "ratios", "", "print the ratio table of a results file (JSON lines of earlier runs; - for stdin) and exit")
 	if err := fs.Parse(args); err != nil {

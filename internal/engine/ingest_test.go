@@ -29,6 +29,7 @@ func TestEmbeddedBrokerIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer in.close()
+	defer in.publisher.Client().Close() // its Run, which would close it, is not started here
 	cl, err := kgo.NewClient(kgo.SeedBrokers(in.brokers...), kgo.DefaultProduceTopic(positions.DefaultTopic),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerBatchMaxBytes(4<<10))
 	if err != nil {
@@ -109,12 +110,14 @@ func TestEmbeddedBrokerMemoryIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer in.close()
+	defer in.publisher.Client().Close() // its Run, which would close it, is not started here
 	const limit, total = 2 << 20, 16 << 20
 	if err := boundEmbeddedTopics(ctx, in.brokers, limit); err != nil {
 		t.Fatal(err)
 	}
 	heap := func() uint64 {
 		runtime.GC()
+		runtime.GC() // and what the first one's sweep left to the pools' victim caches
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		return ms.HeapAlloc
