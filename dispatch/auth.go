@@ -28,6 +28,20 @@ const (
 // Valid reports whether r is a known role.
 func (r Role) Valid() bool { return r == RoleDriver || r == RoleRider || r == RoleOps }
 
+// canonical returns r as the package's constant when it is one (its
+// bytes then live in the binary, not the heap), and r otherwise.
+func (r Role) canonical() Role {
+	switch r {
+	case RoleDriver:
+		return RoleDriver
+	case RoleRider:
+		return RoleRider
+	case RoleOps:
+		return RoleOps
+	}
+	return r
+}
+
 // Token errors; the API answers 401 for all of them.
 var (
 	ErrTokenMalformed = errors.New("malformed token")
@@ -187,7 +201,11 @@ func (s *Signer) verify(token string, now time.Time) (Claims, error) {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return Claims{}, fmt.Errorf("%w: payload: %v", ErrTokenMalformed, err)
 	}
-	c := Claims{Subject: raw.Sub, Role: raw.Role, Expires: time.Unix(raw.Exp, 0)}
+	// The role as the package's constant and the expiry in UTC: claims
+	// stay remembered (see rememberLocked), and so they hold no string
+	// of their own for the role nor a pointer to the local time zone,
+	// less for the collector to mark in every cycle.
+	c := Claims{Subject: raw.Sub, Role: raw.Role.canonical(), Expires: time.Unix(raw.Exp, 0).UTC()}
 	if err := c.validate(); err != nil {
 		return Claims{}, err
 	}

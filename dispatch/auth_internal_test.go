@@ -83,3 +83,33 @@ func TestVerifiedTokensInUseOutliveTurnover(t *testing.T) {
 		t.Fatalf("%d tokens remembered, more than two generations of %d", n, s.capacity)
 	}
 }
+
+// TestVerifiedClaimsShareTheRole: the claims of a verified token, which
+// stay remembered, carry the package's role constant (no string of their
+// own) and a UTC expiry (no pointer to the local zone), fresh from the
+// MAC check or from the memory.
+func TestVerifiedClaimsShareTheRole(t *testing.T) {
+	s, err := NewSigner([]byte(strings.Repeat("k", 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for _, role := range []Role{RoleDriver, RoleRider, RoleOps} {
+		tok, err := s.Mint(Claims{Subject: "u1", Role: role, Expires: now.Add(time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, from := range []string{"the MAC check", "the memory"} {
+			c, err := s.Verify(tok, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Role != role || unsafe.StringData(string(c.Role)) != unsafe.StringData(string(role)) {
+				t.Errorf("%s from %s: role %q is a string of its own, want the package's constant", role, from, c.Role)
+			}
+			if c.Expires.Location() != time.UTC || c.Expires.Unix() != now.Add(time.Hour).Unix() {
+				t.Errorf("%s from %s: expires %v, want %v in UTC", role, from, c.Expires, now.Add(time.Hour).Unix())
+			}
+		}
+	}
+}
