@@ -36,11 +36,11 @@ const (
 // lock, and arm uses the descriptor under its read lock only while
 // resumes is set, so the arms of many connections (an epoll_ctl each) do
 // not queue on one Go mutex, nor behind run's lookups (the kernel still
-// orders changes to one epoll set under its own lock). A connection's entry is armed through its syscall.RawConn,
-// which holds the socket's descriptor open while epoll_ctl runs, so an
-// entry is never armed on a descriptor that a closed connection gave back
-// and a new one took. The kernel drops a descriptor's entry when the
-// descriptor is closed.
+// orders changes to one epoll set under its own lock). A connection's
+// entry is armed through its syscall.RawConn, which holds the socket's
+// descriptor open while epoll_ctl runs, so an entry is never armed on a
+// descriptor that a closed connection gave back and a new one took. The
+// kernel drops a descriptor's entry when the descriptor is closed.
 type parker struct {
 	epfd int
 	ep   *os.File // epfd, registered with the runtime's netpoller

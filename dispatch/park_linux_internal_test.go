@@ -57,7 +57,7 @@ func TestParkerArmFailures(t *testing.T) {
 
 // dialRaw opens a TCP connection to addr and returns it with its raw
 // descriptor access.
-func dialRaw(t *testing.T, addr string) (net.Conn, syscall.RawConn) {
+func dialRaw(t testing.TB, addr string) (net.Conn, syscall.RawConn) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -205,15 +205,8 @@ func BenchmarkParkerArm(b *testing.B) {
 	}
 	next := make(chan parked, conns)
 	for range conns {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
+		c, raw := dialRaw(b, ln.Addr().String())
 		defer c.Close()
-		raw, err := c.(*net.TCPConn).SyscallConn()
-		if err != nil {
-			b.Fatal(err)
-		}
 		id := p.add(func() {})
 		if err := p.arm(raw, id, true); err != nil {
 			b.Fatal(err)

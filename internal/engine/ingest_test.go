@@ -17,19 +17,27 @@ import (
 	"github.com/hexdispatch/hexdispatch/positions"
 )
 
+// embeddedIngest starts the in-process broker with partitions partitions
+// (role all, nothing run), closed when t ends.
+func embeddedIngest(ctx context.Context, t *testing.T, partitions int) *ingest {
+	t.Helper()
+	cfg := Config{Role: "all", Partitions: partitions, TTL: 30 * time.Second, SessionTimeout: 3 * time.Second}
+	in, err := newIngest(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(in.close)
+	t.Cleanup(in.publisher.Client().Close) // its Run, which would close it, is not started here
+	return in
+}
+
 // TestEmbeddedBrokerIsBounded: the in-process broker's topics carry the
 // byte bound, and the broker drops a partition's oldest batches past it,
 // so a steady stream cannot grow the process without end.
 func TestEmbeddedBrokerIsBounded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg := Config{Role: "all", Partitions: 2, TTL: 30 * time.Second, SessionTimeout: 3 * time.Second}
-	in, err := newIngest(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.close()
-	defer in.publisher.Client().Close() // its Run, which would close it, is not started here
+	in := embeddedIngest(ctx, t, 2)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(in.brokers...), kgo.DefaultProduceTopic(positions.DefaultTopic),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerBatchMaxBytes(4<<10))
 	if err != nil {
@@ -104,13 +112,7 @@ func TestEmbeddedBrokerIsBounded(t *testing.T) {
 func TestEmbeddedBrokerMemoryIsBounded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cfg := Config{Role: "all", Partitions: 1, TTL: 30 * time.Second, SessionTimeout: 3 * time.Second}
-	in, err := newIngest(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.close()
-	defer in.publisher.Client().Close() // its Run, which would close it, is not started here
+	in := embeddedIngest(ctx, t, 1)
 	const limit, total = 2 << 20, 16 << 20
 	if err := boundEmbeddedTopics(ctx, in.brokers, limit); err != nil {
 		t.Fatal(err)
