@@ -1,24 +1,22 @@
 package dispatch
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
-	"net"
 	"net/http"
+	"path"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/coder/websocket"
+	"github.com/gobwas/ws"
 
 	"github.com/hexdispatch/hexdispatch/geo"
 	"github.com/hexdispatch/hexdispatch/positions"
@@ -135,6 +133,11 @@ func (c DriversConfig) Validate() error {
 	if c.Sink == nil || c.Signer == nil || c.Now == nil || c.Logger == nil || c.ReadLimit < 256 || c.SendQueue < 1 || c.PingEvery <= 0 || c.WriteTimeout <= 0 {
 		return fmt.Errorf("drivers config: Sink, Signer, Now and Logger are required; ReadLimit >= 256, SendQueue >= 1, PingEvery and WriteTimeout > 0")
 	}
+	for _, p := range c.OriginPatterns {
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("drivers config: origin pattern %q: %w", p, err)
+		}
+	}
 	return nil
 }
 
@@ -236,16 +239,17 @@ func (d *Drivers) Close() {
 	}
 	park := d.park
 	d.connsMu.Unlock()
-	// Each close handshake waits up to 5 s for the driver's answer: run
-	// them at once. A parked connection gets its reader back first, which
-	// reads the answer (and never parks again).
+	// Each connection gets a close frame and up to wsCloseWait to
+	// answer it. A parked connection gets its reader back first, which
+	// reads the answer (and never parks again); the writes run at once,
+	// since a driver that does not read can hold one for WriteTimeout.
 	var wg sync.WaitGroup
 	for _, dc := range open {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			d.unpark(dc)
-			dc.ws.Close(websocket.StatusGoingAway, "server shutting down")
+			dc.ws.close(ws.StatusGoingAway, "server shutting down")
 		}()
 	}
 	wg.Wait()
@@ -483,56 +487,6 @@ type wsFrame struct {
 	Ride RideID `json:"ride,omitempty"`
 }
 
-// Per-connection buffers. The HTTP server's 4 KB reader and writer that a
-// hijack hands over are most of an idle connection's memory, so the
-// WebSocket gets small ones instead: a driver's frames (positions, ride
-// actions) and the messages to it (offers, acks) are a few hundred bytes,
-// and bufio passes larger reads and writes straight to the socket.
-const (
-	wsReadBuffer  = 512
-	wsWriteBuffer = 512
-)
-
-// smallBuffers makes the hijack that websocket.Accept does hand over
-// wsReadBuffer and wsWriteBuffer sized buffers, and keeps what parking
-// the connection needs: its read buffer (the WebSocket reads through it,
-// so an empty one means no frame waits in this process) and its socket.
-type smallBuffers struct {
-	http.ResponseWriter
-	br  *bufio.Reader
-	raw syscall.RawConn // nil: the connection cannot park
-}
-
-func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := brw.Writer.Flush(); err != nil { // the server flushed the 101 already; this is a no-op
-		conn.Close()
-		return nil, nil, err
-	}
-	// A client's first frame may follow its handshake at once, and be in
-	// the server's reader already. Move it into the new reader's buffer:
-	// Accept takes the buffered bytes from there.
-	br := bufio.NewReaderSize(conn, wsReadBuffer)
-	if n := brw.Reader.Buffered(); n > 0 {
-		// Accept moves these bytes out of br, where an empty br would not
-		// show them: such a connection (rare: a client that did not wait
-		// for the 101) never parks.
-		b, _ := brw.Reader.Peek(n)
-		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn), max(wsReadBuffer, n))
-		if _, err := br.Peek(n); err != nil {
-			conn.Close()
-			return nil, nil, err
-		}
-	} else if sc, ok := conn.(syscall.Conn); ok {
-		w.raw, _ = sc.SyscallConn()
-	}
-	w.br = br
-	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, wsWriteBuffer)), nil
-}
-
 // ws serves one driver's WebSocket. The token comes in the Authorization
 // header or, for browsers that cannot set it, the access_token query
 // parameter. After the upgrade the handler returns, so the HTTP server's
@@ -546,6 +500,10 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 	}
 	if c.Role != RoleDriver {
 		WriteError(w, &APIError{Status: http.StatusForbidden, Code: "forbidden", Message: "the driver WebSocket needs a driver token"})
+		return
+	}
+	if err := checkUpgrade(r, d.cfg.OriginPatterns); err != nil {
+		WriteError(w, err)
 		return
 	}
 	id := positions.DriverID(c.Subject)
@@ -570,18 +528,28 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 	}
 	park := d.park
 	d.connsMu.Unlock()
-	sb := &smallBuffers{ResponseWriter: w}
-	conn, err := websocket.Accept(sb, r, &websocket.AcceptOptions{OriginPatterns: d.cfg.OriginPatterns})
-	if err != nil {
+	nc, rw, _, err := ws.HTTPUpgrader{}.Upgrade(r, w)
+	if err != nil { // checkUpgrade passed, so the hijack failed; the upgrader answered
 		d.handlers.Done()
-		return // Accept wrote the error response
+		if nc != nil {
+			nc.Close()
+		}
+		return
 	}
-	conn.SetReadLimit(d.cfg.ReadLimit)
-
-	dc := &driverConn{id: id, ws: conn, nextPing: time.Now().Add(d.cfg.PingEvery)}
-	if park != nil && sb.raw != nil {
-		dc.park, dc.br, dc.raw = park, sb.br, sb.raw
-		dc.parkID = park.add(func() { d.resume(dc) })
+	dc := &driverConn{id: id, nextPing: time.Now().Add(d.cfg.PingEvery)}
+	dc.ws.nc, dc.ws.limit, dc.ws.writeTimeout = nc, d.cfg.ReadLimit, d.cfg.WriteTimeout
+	dc.ws.heard.Store(time.Now().UnixNano())
+	// A client's first frame may follow its handshake at once, and be in
+	// the HTTP server's reader already: it is read before the socket.
+	if n := rw.Reader.Buffered(); n > 0 {
+		b, _ := rw.Reader.Peek(n)
+		dc.ws.pending = bytes.Clone(b)
+	}
+	if sc, ok := nc.(syscall.Conn); ok && park != nil {
+		if raw, err := sc.SyscallConn(); err == nil {
+			dc.park, dc.raw = park, raw
+			dc.parkID = park.add(func() { d.resume(dc) })
+		}
 	}
 	d.connsMu.Lock()
 	if d.base.Err() != nil { // Close ran during the upgrade and did not see dc
@@ -589,10 +557,9 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 		if dc.park != nil {
 			dc.park.forget(dc.parkID)
 		}
-		go func() {
-			defer d.handlers.Done()
-			conn.Close(websocket.StatusGoingAway, "server shutting down")
-		}()
+		dc.ws.close(ws.StatusGoingAway, "server shutting down")
+		dc.ws.closeNow() // no reader will wait for the answer
+		d.handlers.Done()
 		return
 	}
 	old := d.conns[id]
@@ -600,7 +567,7 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 	d.connsMu.Unlock()
 	if old != nil {
 		d.unpark(old)
-		old.ws.CloseNow() // one live connection per driver: the newest wins
+		old.ws.closeNow() // one live connection per driver: the newest wins
 	}
 	d.connections.Add(1)
 	d.pool.run(func() { d.serve(dc, false) })
@@ -613,21 +580,22 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 // ping) wait.
 type driverConn struct {
 	id positions.DriverID
-	ws *websocket.Conn
+	// ws is the WebSocket; its heard is when the reader last read a
+	// frame: a connection heard from within PingEvery is alive and needs
+	// no ping.
+	ws wsConn
 
-	// Parking; park is nil when the connection cannot park. br is the
-	// WebSocket's read buffer: the reader parks only when it is empty,
-	// so that no frame waits in this process while the socket is quiet.
+	// Parking; park is nil when the connection cannot park. The reader
+	// parks only when no byte of the peer waits in ws, so that no frame
+	// waits in this process while the socket is quiet.
 	park   *parker
 	parkID uint64
-	br     *bufio.Reader
 	raw    syscall.RawConn
 
-	// nextPing is when the pinger pings next; Drivers.connsMu guards it.
-	nextPing time.Time
-	// heard is when the reader last read a frame (unix ns): a connection
-	// heard from within PingEvery is alive and needs no ping.
-	heard atomic.Int64
+	// nextPing is when the pinger pings next, and pinged when it sent the
+	// ping not yet answered (zero when none is out); Drivers.connsMu
+	// guards both.
+	nextPing, pinged time.Time
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -663,10 +631,10 @@ func (d *Drivers) serve(dc *driverConn, woken bool) {
 		delete(d.conns, dc.id)
 	}
 	d.connsMu.Unlock()
-	// A no-op when the connection is already closed: by the peer, by a
-	// failed write or ping, by a newer connection of the driver, or by
-	// Close's StatusGoingAway.
-	dc.ws.Close(websocket.StatusNormalClosure, "")
+	// The reader's error closed the socket already; the read buffer goes
+	// back to the pool.
+	dc.ws.closeNow()
+	dc.ws.release()
 }
 
 // reader handles the driver's frames until the connection parks (true)
@@ -678,37 +646,38 @@ func (d *Drivers) reader(dc *driverConn, woken bool) (parked bool) {
 			return true
 		}
 		woken = false
-		_, b, err := dc.ws.Read(context.Background())
+		b, err := dc.ws.next()
 		if err != nil {
 			return false
 		}
-		dc.heard.Store(time.Now().UnixNano())
+		if b == nil {
+			continue // a ping or a pong, and nothing after it yet: park
+		}
 		d.handle(dc.id, dc, b)
 		d.framesIn.Add(1)
 	}
 }
 
 // parkIdle parks dc when no byte of it waits in this process (a frame
-// the WebSocket has not read yet would be in br): the socket goes into the
-// parker's epoll set and the reader's goroutine is free. It reports
-// whether dc parked.
-//
-// A pong (the answer to a keepalive ping) wakes a parked connection like
-// a frame; the WebSocket's read handles it and then waits for the next
-// data frame, so a connection whose driver sends nothing else holds a
-// reader again until it does. Drivers that report positions park between
-// every two reports.
+// the WebSocket has not read yet would be in its read buffer): the
+// socket goes into the parker's epoll set, the read buffer goes back to
+// the pool and the reader's goroutine is free. It reports whether dc
+// parked. A pong (the answer to a keepalive ping) wakes a parked
+// connection like a frame, and it parks again once the pong is read.
 func (d *Drivers) parkIdle(dc *driverConn) bool {
 	if dc.park == nil {
 		return false
 	}
 	dc.mu.Lock()
 	defer dc.mu.Unlock()
-	// ending is checked first: Close's close handshake may be reading
-	// br by now.
-	if dc.ending || dc.br.Buffered() > 0 {
+	// An ending connection keeps its reader, which takes the driver's
+	// answer to the close frame.
+	if dc.ending || dc.ws.buffered() {
 		return false
 	}
+	// Given back before the entry is armed: the entry may fire at once,
+	// and the next reader takes a buffer of its own.
+	dc.ws.release()
 	if err := dc.park.arm(dc.raw, dc.parkID, !dc.armed); err != nil {
 		// A closed connection's read fails at once, and a stopped parker
 		// means shutdown: neither is a failure. Anything else (the
@@ -846,8 +815,8 @@ func (d *Drivers) enqueue(dc *driverConn, b []byte) bool {
 }
 
 // writer writes dc's queue, then the ping if one is due, until both are
-// empty. A failed or timed-out write or a missed pong closes the
-// connection, which ends the reader.
+// empty. A failed or timed-out write closes the connection, which ends
+// the reader.
 func (d *Drivers) writer(dc *driverConn) {
 	defer dc.writers.Done()
 	for {
@@ -860,11 +829,11 @@ func (d *Drivers) writer(dc *driverConn) {
 			return
 		}
 		dc.mu.Unlock()
-		n, err := d.write(dc.ws, batch, ping)
+		n, err := d.write(&dc.ws, batch, ping)
 		d.framesOut.Add(uint64(n))
 		if err != nil {
 			d.unpark(dc)
-			dc.ws.CloseNow()
+			dc.ws.closeNow()
 			dc.mu.Lock()
 			d.queued.Add(-int64(len(batch) + len(dc.queue)))
 			dc.closed, dc.queue, dc.writing = true, nil, false
@@ -876,34 +845,31 @@ func (d *Drivers) writer(dc *driverConn) {
 }
 
 // write writes batch, then a ping if asked; it returns how many of
-// batch's messages it wrote.
-func (d *Drivers) write(conn *websocket.Conn, batch [][]byte, ping bool) (int, error) {
+// batch's messages it wrote. The pinger times the pong.
+func (d *Drivers) write(c *wsConn, batch [][]byte, ping bool) (int, error) {
 	for i, b := range batch {
-		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.WriteTimeout)
-		err := conn.Write(ctx, websocket.MessageText, b)
-		cancel()
-		if err != nil {
+		if err := c.write(ws.OpText, b, d.cfg.WriteTimeout); err != nil {
 			return i, err
 		}
 	}
 	if !ping {
 		return len(batch), nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.PingEvery)
-	defer cancel()
-	return len(batch), conn.Ping(ctx)
+	return len(batch), c.write(ws.OpPing, nil, d.cfg.WriteTimeout)
 }
 
 // pinger schedules every connection's keepalive ping PingEvery after the
-// last frame heard or ping sent: one goroutine and one ticker for the
-// gateway instead of a ticker per connection. It checks eight times per
-// PingEvery, so a silent connection is pinged between PingEvery and 1.125
-// PingEvery apart; one that reports more often is never pinged.
+// last frame heard or ping sent, and closes a connection that sends
+// nothing, not even the pong, within PingEvery of a ping: one goroutine
+// and one ticker for the gateway instead of a ticker per connection, and
+// nothing waits for a pong. It checks eight times per PingEvery, so a
+// silent connection is pinged between PingEvery and 1.125 PingEvery
+// apart; one that reports more often is never pinged.
 func (d *Drivers) pinger() {
 	defer d.handlers.Done()
 	t := time.NewTicker(max(d.cfg.PingEvery/8, time.Millisecond))
 	defer t.Stop()
-	var due []*driverConn
+	var due, dead []*driverConn
 	for {
 		select {
 		case <-d.base.Done():
@@ -913,24 +879,42 @@ func (d *Drivers) pinger() {
 		now := time.Now()
 		d.connsMu.Lock()
 		for _, dc := range d.conns {
+			heard := time.Unix(0, dc.ws.heard.Load())
+			if !dc.pinged.IsZero() {
+				switch {
+				case !heard.Before(dc.pinged): // answered, or a frame came
+					dc.pinged = time.Time{}
+				case now.Sub(dc.pinged) >= d.cfg.PingEvery:
+					dc.pinged, dc.nextPing = time.Time{}, now.Add(d.cfg.PingEvery)
+					dead = append(dead, dc)
+					continue
+				default:
+					continue
+				}
+			}
 			if now.Before(dc.nextPing) {
 				continue
 			}
 			// A driver that reports is alive: pinging it anyway put a
 			// writer goroutine per connection on the scheduler at once,
 			// every tick, which delayed the offers (issue 6's tail).
-			if heard := time.Unix(0, dc.heard.Load()); now.Sub(heard) < d.cfg.PingEvery {
+			if now.Sub(heard) < d.cfg.PingEvery {
 				dc.nextPing = heard.Add(d.cfg.PingEvery)
 				continue
 			}
-			dc.nextPing = now.Add(d.cfg.PingEvery)
+			dc.nextPing, dc.pinged = now.Add(d.cfg.PingEvery), now
 			due = append(due, dc)
 		}
 		d.connsMu.Unlock()
 		for _, dc := range due {
 			d.enqueue(dc, nil)
 		}
+		for _, dc := range dead {
+			d.unpark(dc)
+			dc.ws.closeNow() // its reader sees the close and ends it
+		}
 		clear(due)
-		due = due[:0]
+		clear(dead)
+		due, dead = due[:0], dead[:0]
 	}
 }

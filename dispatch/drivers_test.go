@@ -268,15 +268,76 @@ func TestDriverWebSocket(t *testing.T) {
 	if g.drivers.Send("nobody", map[string]any{"type": "offer"}) {
 		t.Fatal("Send to an absent driver succeeded")
 	}
-	// An oversized frame closes the connection (read limit).
+	// An oversized frame closes the connection (read limit), saying why.
 	send(`{"type":"position","pad":"` + string(bytes.Repeat([]byte("x"), 5000)) + `"}`)
-	if _, _, err := c.Read(ctx); err == nil {
-		t.Fatal("connection survived an oversized frame")
+	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusMessageTooBig {
+		t.Fatalf("read after an oversized frame: %v, want StatusMessageTooBig", err)
 	}
 	ev, err := positions.DecodeEvent(consumeOne(t, g.brokers, positions.DefaultTopic).Value)
 	if err != nil || ev.Driver != "d9" || ev.Seq != 1 {
 		t.Fatalf("ws position %+v, %v", ev, err)
 	}
+}
+
+// A request to the driver WebSocket that is not a valid handshake gets
+// a JSON error naming the problem, before anything is upgraded.
+func TestDriverWebSocketBadHandshake(t *testing.T) {
+	g := newGateway(t, 1024, true)
+	tok := g.token(t, "d1", dispatch.RoleDriver)
+	upgrade := http.Header{}
+	upgrade.Set("Connection", "Upgrade")
+	upgrade.Set("Upgrade", "websocket")
+	upgrade.Set("Sec-WebSocket-Version", "13")
+	upgrade.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	for _, tc := range []struct {
+		name   string
+		edit   func(h http.Header)
+		status int
+		says   string
+	}{
+		{"plain GET", func(h http.Header) { h.Del("Connection"); h.Del("Upgrade") }, http.StatusUpgradeRequired, "Connection"},
+		{"no websocket upgrade", func(h http.Header) { h.Set("Upgrade", "h2c") }, http.StatusUpgradeRequired, "Upgrade"},
+		{"version 8", func(h http.Header) { h.Set("Sec-WebSocket-Version", "8") }, http.StatusBadRequest, `"field":"Sec-WebSocket-Version"`},
+		{"no key", func(h http.Header) { h.Del("Sec-WebSocket-Key") }, http.StatusBadRequest, `"field":"Sec-WebSocket-Key"`},
+		{"short key", func(h http.Header) { h.Set("Sec-WebSocket-Key", "c2hvcnQ=") }, http.StatusBadRequest, `"field":"Sec-WebSocket-Key"`},
+		{"foreign origin", func(h http.Header) { h.Set("Origin", "https://evil.example") }, http.StatusForbidden, "evil.example"},
+		{"origin not a URL", func(h http.Header) { h.Set("Origin", "::") }, http.StatusForbidden, "not a URL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest("GET", g.srv.URL+"/v1/drivers/ws", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header = upgrade.Clone()
+			req.Header.Set("Authorization", "Bearer "+tok)
+			tc.edit(req.Header)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status || !strings.Contains(string(body), `"error"`) || !strings.Contains(string(body), tc.says) {
+				t.Fatalf("%d %s; want %d naming %s", resp.StatusCode, body, tc.status, tc.says)
+			}
+		})
+	}
+	if g.drivers.Connections() != 0 {
+		t.Fatalf("%d connections from bad handshakes", g.drivers.Connections())
+	}
+	// An allowed origin pattern opens it; a malformed pattern is refused
+	// at start.
+	cfg := dispatch.DefaultDriversConfig()
+	cfg.Sink, cfg.Signer, cfg.OriginPatterns = checkSink{t}, newSigner(t), []string{"[app.example"}
+	if _, err := dispatch.NewDrivers(cfg); err == nil || !strings.Contains(err.Error(), "[app.example") {
+		t.Fatalf("malformed origin pattern: %v", err)
+	}
+	g2 := newGateway(t, 1024, true, func(c *dispatch.DriversConfig) { c.OriginPatterns = []string{"*.app.example"} })
+	c, _, err := dialDriver(t, g2, g2.token(t, "d1", dispatch.RoleDriver), http.Header{"Origin": {"https://ops.app.example"}})
+	if err != nil {
+		t.Fatalf("allowed origin: %v", err)
+	}
+	c.CloseNow()
 }
 
 // waitFor polls cond until it holds or 10 s pass.

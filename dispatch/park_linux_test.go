@@ -3,8 +3,10 @@ package dispatch_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,6 +68,30 @@ func TestDriverIdleConnectionsPark(t *testing.T) {
 	}
 	waitFor(t, "the hung-up connections gone", func() bool { return g.drivers.Connections() == n-10 })
 	waitFor(t, "the rest parked", func() bool { return g.drivers.Parked() == n-10 })
+}
+
+// A keepalive pong wakes a parked connection only long enough to be
+// read: the connection parks again and no reader goroutine waits for the
+// driver's next frame.
+func TestDriverPongParksAgain(t *testing.T) {
+	g := newGateway(t, 1024, true, func(c *dispatch.DriversConfig) { c.PingEvery = 100 * time.Millisecond })
+	var pings atomic.Int64
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(g.srv.URL, "http")+"/v1/drivers/ws", &websocket.DialOptions{
+		HTTPHeader:     http.Header{"Authorization": {"Bearer " + g.token(t, "d1", dispatch.RoleDriver)}},
+		OnPingReceived: func(context.Context, []byte) bool { pings.Add(1); return true },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	c.CloseRead(closeReads(t)) // reads, so answers pings
+	waitFor(t, "three pings answered", func() bool { return pings.Load() >= 3 })
+	waitFor(t, "the connection parked with no reader", func() bool { return g.drivers.Parked() == 1 && readersRunning() == 0 })
+	if !g.drivers.Connected("d1") {
+		t.Fatal("a driver that answers pings was closed")
+	}
 }
 
 // A frame that arrives in two parts: the first part wakes the
