@@ -66,6 +66,7 @@ func (d *spreadDialer) DialContext(ctx context.Context, network, addr string) (n
 	if d.addrs > 1 {
 		i := d.next.Add(1) % uint64(d.addrs)
 		nd.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i))}
+		nd.Control = bindNoPort
 	}
 	return nd.DialContext(ctx, network, addr)
 }
