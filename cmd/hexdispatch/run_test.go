@@ -6,6 +6,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -92,6 +93,8 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"-stall-timeout", "10s"},
 		{"-max-trip", "0s"},
 		{"-fan-out", "0"},
+		{"-gc-percent", "10"},
+		{"-gc-percent", "5000"},
 		{"-role", "api"}, // needs -kafka and -redis
 		{"extra"},
 		{"-nosuchflag"},
@@ -99,6 +102,34 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		var stderr bytes.Buffer
 		if err := run(context.Background(), args, io.Discard, &stderr); err == nil {
 			t.Errorf("run(%v) = nil, want error", args)
+		}
+	}
+}
+
+// The collector runs at -gc-percent, 200 by default; a GOGC in the
+// environment wins over the default but not over the flag or its
+// HEXD_ variable, and 0 leaves the runtime's setting.
+func TestGCPercent(t *testing.T) {
+	for _, tc := range []struct {
+		gogc, env string
+		args      []string
+		want      int
+	}{
+		{want: defaultGCPercent},
+		{gogc: "150", want: 0},
+		{gogc: "150", args: []string{"-gc-percent", "300"}, want: 300},
+		{gogc: "150", env: "400", want: 400},
+		{args: []string{"-gc-percent", "0"}, want: 0},
+	} {
+		for k, v := range map[string]string{"GOGC": tc.gogc, "HEXD_GC_PERCENT": tc.env} {
+			t.Setenv(k, v) // restored at the end
+			if v == "" {
+				os.Unsetenv(k)
+			}
+		}
+		c, err := parseFlags(tc.args, io.Discard)
+		if err != nil || c.gcPercent != tc.want {
+			t.Errorf("GOGC=%q HEXD_GC_PERCENT=%q %v: gc percent %d, %v; want %d", tc.gogc, tc.env, tc.args, c.gcPercent, err, tc.want)
 		}
 	}
 }
