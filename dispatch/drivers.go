@@ -538,7 +538,7 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 	}
 	dc := &driverConn{id: id, nextPing: time.Now().Add(d.cfg.PingEvery)}
 	dc.ws.nc, dc.ws.limit, dc.ws.writeTimeout = nc, d.cfg.ReadLimit, d.cfg.WriteTimeout
-	dc.ws.heard.Store(time.Now().UnixNano())
+	dc.ws.heard.Store(wsNow())
 	// A client's first frame may follow its handshake at once, and be in
 	// the HTTP server's reader already: it is read before the socket.
 	if n := rw.Reader.Buffered(); n > 0 {
@@ -832,8 +832,12 @@ func (d *Drivers) writer(dc *driverConn) {
 		n, err := d.write(&dc.ws, batch, ping)
 		d.framesOut.Add(uint64(n))
 		if err != nil {
-			d.unpark(dc)
-			dc.ws.closeNow()
+			// After this side's close frame (errWSClosed) the reader
+			// waits for the driver's answer: the queue is only dropped.
+			if !errors.Is(err, errWSClosed) {
+				d.unpark(dc)
+				dc.ws.closeNow()
+			}
 			dc.mu.Lock()
 			d.queued.Add(-int64(len(batch) + len(dc.queue)))
 			dc.closed, dc.queue, dc.writing = true, nil, false
@@ -879,7 +883,7 @@ func (d *Drivers) pinger() {
 		now := time.Now()
 		d.connsMu.Lock()
 		for _, dc := range d.conns {
-			heard := time.Unix(0, dc.ws.heard.Load())
+			heard := wsTime(dc.ws.heard.Load())
 			if !dc.pinged.IsZero() {
 				switch {
 				case !heard.Before(dc.pinged): // answered, or a frame came

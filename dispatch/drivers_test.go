@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -297,6 +298,7 @@ func TestDriverWebSocketBadHandshake(t *testing.T) {
 	}{
 		{"plain GET", func(h http.Header) { h.Del("Connection"); h.Del("Upgrade") }, http.StatusUpgradeRequired, "Connection"},
 		{"no websocket upgrade", func(h http.Header) { h.Set("Upgrade", "h2c") }, http.StatusUpgradeRequired, "Upgrade"},
+		{"websocket among others", func(h http.Header) { h.Set("Upgrade", "websocket, h2c") }, http.StatusUpgradeRequired, "Upgrade"},
 		{"version 8", func(h http.Header) { h.Set("Sec-WebSocket-Version", "8") }, http.StatusBadRequest, `"field":"Sec-WebSocket-Version"`},
 		{"no key", func(h http.Header) { h.Del("Sec-WebSocket-Key") }, http.StatusBadRequest, `"field":"Sec-WebSocket-Key"`},
 		{"short key", func(h http.Header) { h.Set("Sec-WebSocket-Key", "c2hvcnQ=") }, http.StatusBadRequest, `"field":"Sec-WebSocket-Key"`},
@@ -321,6 +323,17 @@ func TestDriverWebSocketBadHandshake(t *testing.T) {
 				t.Fatalf("%d %s; want %d naming %s", resp.StatusCode, body, tc.status, tc.says)
 			}
 		})
+	}
+	head, err := http.NewRequest("HEAD", g.srv.URL+"/v1/drivers/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head.Header = upgrade.Clone()
+	head.Header.Set("Authorization", "Bearer "+tok)
+	if resp, err := http.DefaultClient.Do(head); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("HEAD handshake: %v %v, want 405", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	if g.drivers.Connections() != 0 {
 		t.Fatalf("%d connections from bad handshakes", g.drivers.Connections())
@@ -448,6 +461,29 @@ func TestDriverNewestConnectionWins(t *testing.T) {
 	}
 	if _, b, err := c.Read(ctx); err != nil || !strings.Contains(string(b), `"r1"`) {
 		t.Fatalf("newer connection read %q, %v", b, err)
+	}
+}
+
+// A client that reads (so keeps its socket open and sees the pings) but
+// never answers one is closed.
+func TestDriverKeepaliveClosesPongless(t *testing.T) {
+	g := newGateway(t, 1024, true, func(c *dispatch.DriversConfig) { c.PingEvery = 50 * time.Millisecond })
+	var pings atomic.Int64
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(g.srv.URL, "http")+"/v1/drivers/ws", &websocket.DialOptions{
+		HTTPHeader:     http.Header{"Authorization": {"Bearer " + g.token(t, "mute", dispatch.RoleDriver)}},
+		OnPingReceived: func(context.Context, []byte) bool { pings.Add(1); return false }, // no pong
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	c.CloseRead(closeReads(t))
+	waitFor(t, "the connection", func() bool { return g.drivers.Connected("mute") })
+	waitFor(t, "the pongless driver closed", func() bool { return !g.drivers.Connected("mute") })
+	if pings.Load() == 0 {
+		t.Fatal("closed without a ping")
 	}
 }
 

@@ -53,7 +53,9 @@ type wsConn struct {
 	br      *bufio.Reader // from wsReaders while a reader runs; nil when released
 	hdr     [ws.MaxHeaderSize - 2]byte
 
-	// heard is when the last frame, data or control, was read (unix ns).
+	// heard is when the last frame, data or control, was read: wsClock's
+	// monotonic nanoseconds, so that a step of the wall clock neither
+	// ages nor freshens it.
 	heard atomic.Int64
 
 	writeMu   sync.Mutex
@@ -61,14 +63,23 @@ type wsConn struct {
 }
 
 // wsCloseWait is how long the peer has to answer this side's close frame
-// before the socket is closed anyway.
-const wsCloseWait = 5 * time.Second
+// before the socket is closed anyway (a variable for tests).
+var wsCloseWait = 5 * time.Second
 
 // wsReadBuffer sizes the pooled read buffers. A driver's frames are a few
 // hundred bytes; bufio reads larger payloads straight into the message.
 const wsReadBuffer = 4096
 
 var wsReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, wsReadBuffer) }}
+
+// wsClock is the base of heard: its monotonic reading is what heard counts from.
+var wsClock = time.Now()
+
+// wsNow is the time since wsClock, monotonic.
+func wsNow() int64 { return int64(time.Since(wsClock)) }
+
+// wsTime is the time a wsNow reading stands for, monotonic.
+func wsTime(ns int64) time.Time { return wsClock.Add(time.Duration(ns)) }
 
 // errWSClosed is returned once the connection is closed or closing.
 var errWSClosed = errors.New("websocket closed")
@@ -126,7 +137,7 @@ func (c *wsConn) next() ([]byte, error) {
 		if err != nil {
 			return nil, c.fail(err)
 		}
-		c.heard.Store(time.Now().UnixNano())
+		c.heard.Store(wsNow())
 		if err := ws.CheckHeader(h, state); err != nil {
 			return nil, c.failWith(ws.StatusProtocolError, err.Error())
 		}
@@ -139,7 +150,7 @@ func (c *wsConn) next() ([]byte, error) {
 			}
 			continue
 		}
-		if int64(len(msg))+h.Length > c.limit {
+		if h.Length > c.limit-int64(len(msg)) { // not len+Length: a 63-bit length would wrap
 			return nil, c.failWith(ws.StatusMessageTooBig, fmt.Sprintf("message over %d bytes", c.limit))
 		}
 		if msg == nil {
@@ -192,8 +203,13 @@ func (c *wsConn) control(h ws.Header) error {
 	}
 	code, reason := ws.ParseCloseFrameData(p)
 	if len(p) > 0 {
-		if err := ws.CheckCloseFrameData(code, reason); err != nil {
+		switch err := ws.CheckCloseFrameData(code, reason); {
+		case errors.Is(err, ws.ErrProtocolInvalidUTF8):
+			return c.failWith(ws.StatusInvalidFramePayloadData, err.Error())
+		case err != nil:
 			return c.failWith(ws.StatusProtocolError, err.Error())
+		case code >= 5000:
+			return c.failWith(ws.StatusProtocolError, fmt.Sprintf("close code %d is not a WebSocket code", code))
 		}
 	}
 	var body []byte
@@ -241,10 +257,14 @@ func (c *wsConn) write(op ws.OpCode, p []byte, timeout time.Duration) error {
 	if op == ws.OpClose {
 		c.closeSent.Store(true)
 	}
-	if err := c.nc.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
-		return err
+	err := c.nc.SetWriteDeadline(time.Now().Add(timeout))
+	if err == nil {
+		_, err = c.nc.Write(b)
 	}
-	_, err := c.nc.Write(b)
+	if err != nil {
+		// Part of the frame may be out: nothing may follow it.
+		c.closeSent.Store(true)
+	}
 	return err
 }
 
@@ -273,13 +293,19 @@ func checkUpgrade(r *http.Request, patterns []string) error {
 	upgrade := func(msg string) error {
 		return &APIError{Status: http.StatusUpgradeRequired, Code: "upgrade_required", Message: msg}
 	}
+	// The rules are the upgrader's (gobwas/ws), which checks them again
+	// after the hijack, where its answer would not be the API's JSON: GET
+	// only, the first Connection header holds the upgrade token, and the
+	// Upgrade header is websocket alone.
 	switch {
+	case r.Method != http.MethodGet:
+		return &APIError{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed", Message: "a WebSocket handshake is a GET"}
 	case !r.ProtoAtLeast(1, 1):
 		return upgrade("a WebSocket handshake needs HTTP/1.1")
-	case !headerHasToken(r.Header, "Connection", "upgrade"):
+	case !hasToken(r.Header.Get("Connection"), "upgrade"):
 		return upgrade("the Connection header must contain Upgrade")
-	case !headerHasToken(r.Header, "Upgrade", "websocket"):
-		return upgrade("the Upgrade header must contain websocket")
+	case !strings.EqualFold(r.Header.Get("Upgrade"), "websocket"):
+		return upgrade("the Upgrade header must be websocket")
 	case r.Header.Get("Sec-WebSocket-Version") != "13":
 		return BadField("Sec-WebSocket-Version", "only WebSocket version 13 is supported, not %q", r.Header.Get("Sec-WebSocket-Version"))
 	}
@@ -287,7 +313,7 @@ func checkUpgrade(r *http.Request, patterns []string) error {
 	if len(keys) != 1 {
 		return BadField("Sec-WebSocket-Key", "want one Sec-WebSocket-Key header, not %d", len(keys))
 	}
-	if k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(k) != 16 {
+	if k, err := base64.StdEncoding.DecodeString(keys[0]); err != nil || len(k) != 16 {
 		return BadField("Sec-WebSocket-Key", "Sec-WebSocket-Key must be 16 bytes in base64")
 	}
 	return checkOrigin(r, patterns)
@@ -323,14 +349,12 @@ func checkOrigin(r *http.Request, patterns []string) error {
 	return forbidden("Origin %q may not open this WebSocket", u.Host)
 }
 
-// headerHasToken reports whether a comma-separated header of h holds
+// hasToken reports whether the comma-separated header value v holds
 // token, case aside.
-func headerHasToken(h http.Header, key, token string) bool {
-	for _, v := range h.Values(key) {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
+func hasToken(v, token string) bool {
+	for t := range strings.SplitSeq(v, ",") {
+		if strings.EqualFold(strings.TrimSpace(t), token) {
+			return true
 		}
 	}
 	return false

@@ -149,7 +149,10 @@ func TestWSConnRefusesViolations(t *testing.T) {
 		{"too big", clientFrame(ws.OpText, true, strings.Repeat("x", 300)), ws.StatusMessageTooBig, "over 256 bytes"},
 		{"too big in fragments", append(clientFrame(ws.OpText, false, strings.Repeat("x", 200)), clientFrame(ws.OpContinuation, true, strings.Repeat("x", 100))...), ws.StatusMessageTooBig, "over 256 bytes"},
 		{"not UTF-8", clientFrame(ws.OpText, true, "\xff\xfe"), ws.StatusInvalidFramePayloadData, "UTF-8"},
+		{"length that wraps", append(clientFrame(ws.OpText, false, "a"), wrapHeader()...), ws.StatusMessageTooBig, "over 256 bytes"},
 		{"bad close code", clientFrame(ws.OpClose, true, "\x03\xed"), ws.StatusProtocolError, "status code"},
+		{"close code 5000", clientFrame(ws.OpClose, true, "\x13\x88"), ws.StatusProtocolError, "5000"},
+		{"close reason not UTF-8", clientFrame(ws.OpClose, true, "\x03\xe8\xff"), ws.StatusInvalidFramePayloadData, "utf8"},
 		{"one-byte close", clientFrame(ws.OpClose, true, "x"), ws.StatusProtocolError, "one-byte"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -170,6 +173,12 @@ func TestWSConnRefusesViolations(t *testing.T) {
 			}
 		})
 	}
+}
+
+// wrapHeader is a masked continuation frame's header that declares
+// 2^63-1 bytes: added to a message's length it wraps.
+func wrapHeader() []byte {
+	return []byte{0x80, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4}
 }
 
 // A close from the peer is answered with its code and ends the
@@ -209,6 +218,33 @@ func TestWSConnCloseHandshake(t *testing.T) {
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("after the handshake: %v, want EOF (no second close frame, socket closed)", err)
+	}
+}
+
+// A peer that never answers this side's close frame: the read fails
+// once wsCloseWait is over, and the socket is closed.
+func TestWSConnCloseWithoutAnswer(t *testing.T) {
+	defer func(w time.Duration) { wsCloseWait = w }(wsCloseWait)
+	wsCloseWait = 50 * time.Millisecond
+	c, _ := wsPair(t, 1024)
+	c.nc.SetReadDeadline(time.Time{}) // only close's deadline
+	c.close(ws.StatusGoingAway, "bye")
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.next()
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("next returned no error")
+		}
+		if derr := c.nc.SetReadDeadline(time.Time{}); !errors.Is(derr, net.ErrClosed) {
+			t.Fatalf("socket still open after %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		c.closeNow()
+		t.Fatal("the read did not end: close set no deadline")
 	}
 }
 
@@ -260,7 +296,8 @@ func FuzzWSConnNext(f *testing.F) {
 	f.Add(clientFrame(ws.OpText, true, `{"type":"position"}`))
 	f.Add(append(clientFrame(ws.OpText, false, "ab"), clientFrame(ws.OpContinuation, true, "cd")...))
 	f.Add(append(clientFrame(ws.OpPing, true, "x"), clientFrame(ws.OpClose, true, "\x03\xe8")...))
-	f.Add([]byte{0x81, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte{0x81, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4})
+	f.Add(append(clientFrame(ws.OpText, false, "a"), wrapHeader()...))
 	f.Add([]byte{0x81})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, cli := wsPair(t, 256)
