@@ -566,8 +566,7 @@ func (d *Drivers) ws(w http.ResponseWriter, r *http.Request) {
 	d.conns[id] = dc
 	d.connsMu.Unlock()
 	if old != nil {
-		d.unpark(old)
-		old.ws.closeNow() // one live connection per driver: the newest wins
+		d.cut(old) // one live connection per driver: the newest wins
 	}
 	d.connections.Add(1)
 	d.pool.run(func() { d.serve(dc, false) })
@@ -717,6 +716,14 @@ func (d *Drivers) unpark(dc *driverConn) {
 	d.resume(dc)
 }
 
+// cut closes dc's socket with no handshake, a parked connection getting
+// its reader back first: the reader sees the close and ends the
+// connection.
+func (d *Drivers) cut(dc *driverConn) {
+	d.unpark(dc)
+	dc.ws.closeNow()
+}
+
 // runParker runs the parker until Close stops it. Should the parker fail
 // first, every connection parked gets its reader back and none parks
 // again.
@@ -835,8 +842,7 @@ func (d *Drivers) writer(dc *driverConn) {
 			// After this side's close frame (errWSClosed) the reader
 			// waits for the driver's answer: the queue is only dropped.
 			if !errors.Is(err, errWSClosed) {
-				d.unpark(dc)
-				dc.ws.closeNow()
+				d.cut(dc)
 			}
 			dc.mu.Lock()
 			d.queued.Add(-int64(len(batch) + len(dc.queue)))
@@ -852,14 +858,14 @@ func (d *Drivers) writer(dc *driverConn) {
 // batch's messages it wrote. The pinger times the pong.
 func (d *Drivers) write(c *wsConn, batch [][]byte, ping bool) (int, error) {
 	for i, b := range batch {
-		if err := c.write(ws.OpText, b, d.cfg.WriteTimeout); err != nil {
+		if err := c.write(ws.OpText, b); err != nil {
 			return i, err
 		}
 	}
 	if !ping {
 		return len(batch), nil
 	}
-	return len(batch), c.write(ws.OpPing, nil, d.cfg.WriteTimeout)
+	return len(batch), c.write(ws.OpPing, nil)
 }
 
 // pinger schedules every connection's keepalive ping PingEvery after the
@@ -914,8 +920,7 @@ func (d *Drivers) pinger() {
 			d.enqueue(dc, nil)
 		}
 		for _, dc := range dead {
-			d.unpark(dc)
-			dc.ws.closeNow() // its reader sees the close and ends it
+			d.cut(dc)
 		}
 		clear(due)
 		clear(dead)

@@ -353,6 +353,26 @@ func TestDriverWebSocketBadHandshake(t *testing.T) {
 	c.CloseNow()
 }
 
+// dialCountingPings connects driver sub with a client that reads (so
+// sees the pings) until the test ends, answers them only if pong, and
+// counts them.
+func dialCountingPings(t *testing.T, g *gateway, sub string, pong bool) *atomic.Int64 {
+	t.Helper()
+	var pings atomic.Int64
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(g.srv.URL, "http")+"/v1/drivers/ws", &websocket.DialOptions{
+		HTTPHeader:     http.Header{"Authorization": {"Bearer " + g.token(t, sub, dispatch.RoleDriver)}},
+		OnPingReceived: func(context.Context, []byte) bool { pings.Add(1); return pong },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	c.CloseRead(closeReads(t))
+	return &pings
+}
+
 // waitFor polls cond until it holds or 10 s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -468,18 +488,7 @@ func TestDriverNewestConnectionWins(t *testing.T) {
 // never answers one is closed.
 func TestDriverKeepaliveClosesPongless(t *testing.T) {
 	g := newGateway(t, 1024, true, func(c *dispatch.DriversConfig) { c.PingEvery = 50 * time.Millisecond })
-	var pings atomic.Int64
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(g.srv.URL, "http")+"/v1/drivers/ws", &websocket.DialOptions{
-		HTTPHeader:     http.Header{"Authorization": {"Bearer " + g.token(t, "mute", dispatch.RoleDriver)}},
-		OnPingReceived: func(context.Context, []byte) bool { pings.Add(1); return false }, // no pong
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.CloseNow()
-	c.CloseRead(closeReads(t))
+	pings := dialCountingPings(t, g, "mute", false)
 	waitFor(t, "the connection", func() bool { return g.drivers.Connected("mute") })
 	waitFor(t, "the pongless driver closed", func() bool { return !g.drivers.Connected("mute") })
 	if pings.Load() == 0 {

@@ -3,10 +3,8 @@ package dispatch_test
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,18 +73,7 @@ func TestDriverIdleConnectionsPark(t *testing.T) {
 // driver's next frame.
 func TestDriverPongParksAgain(t *testing.T) {
 	g := newGateway(t, 1024, true, func(c *dispatch.DriversConfig) { c.PingEvery = 100 * time.Millisecond })
-	var pings atomic.Int64
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(g.srv.URL, "http")+"/v1/drivers/ws", &websocket.DialOptions{
-		HTTPHeader:     http.Header{"Authorization": {"Bearer " + g.token(t, "d1", dispatch.RoleDriver)}},
-		OnPingReceived: func(context.Context, []byte) bool { pings.Add(1); return true },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.CloseNow()
-	c.CloseRead(closeReads(t)) // reads, so answers pings
+	pings := dialCountingPings(t, g, "d1", true)
 	waitFor(t, "three pings answered", func() bool { return pings.Load() >= 3 })
 	waitFor(t, "the connection parked with no reader", func() bool { return g.drivers.Parked() == 1 && readersRunning() == 0 })
 	if !g.drivers.Connected("d1") {

@@ -191,7 +191,7 @@ func (c *wsConn) control(h ws.Header) error {
 	ws.Cipher(p, h.Mask, 0)
 	switch h.OpCode {
 	case ws.OpPing:
-		if err := c.write(ws.OpPong, p, c.writeTimeout); err != nil && !errors.Is(err, errWSClosed) {
+		if err := c.write(ws.OpPong, p); err != nil && !errors.Is(err, errWSClosed) {
 			return c.fail(err)
 		}
 		return nil
@@ -216,7 +216,7 @@ func (c *wsConn) control(h ws.Header) error {
 	if len(p) > 0 {
 		body = ws.NewCloseFrameBody(code, "")
 	}
-	_ = c.write(ws.OpClose, body, c.writeTimeout) // the peer is going; nothing to do if it is gone already
+	_ = c.write(ws.OpClose, body) // the peer is going; nothing to do if it is gone already
 	c.nc.Close()
 	return fmt.Errorf("%w by the peer: %d %q", errWSClosed, code, reason)
 }
@@ -229,14 +229,14 @@ func (c *wsConn) fail(err error) error {
 
 // failWith tells the peer why in a close frame, then closes the socket.
 func (c *wsConn) failWith(code ws.StatusCode, reason string) error {
-	_ = c.write(ws.OpClose, ws.NewCloseFrameBody(code, reason), c.writeTimeout)
+	_ = c.write(ws.OpClose, ws.NewCloseFrameBody(code, reason))
 	c.nc.Close()
 	return fmt.Errorf("websocket: %s (closed with %d)", reason, code)
 }
 
 // write writes one frame, unmasked as a server's frames are, within
-// timeout. After a close frame nothing more is written (errWSClosed).
-func (c *wsConn) write(op ws.OpCode, p []byte, timeout time.Duration) error {
+// writeTimeout. After a close frame nothing more is written (errWSClosed).
+func (c *wsConn) write(op ws.OpCode, p []byte) error {
 	n := len(p)
 	b := make([]byte, 0, 10+n)
 	b = append(b, 0x80|byte(op)) // FIN: the gateway never fragments
@@ -257,7 +257,7 @@ func (c *wsConn) write(op ws.OpCode, p []byte, timeout time.Duration) error {
 	if op == ws.OpClose {
 		c.closeSent.Store(true)
 	}
-	err := c.nc.SetWriteDeadline(time.Now().Add(timeout))
+	err := c.nc.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 	if err == nil {
 		_, err = c.nc.Write(b)
 	}
@@ -273,7 +273,7 @@ func (c *wsConn) write(op ws.OpCode, p []byte, timeout time.Duration) error {
 // fails and closes the socket. A reader must run (or be resumed) to take
 // the answer; where none will, call closeNow after.
 func (c *wsConn) close(code ws.StatusCode, reason string) {
-	if err := c.write(ws.OpClose, ws.NewCloseFrameBody(code, reason), c.writeTimeout); err != nil && !errors.Is(err, errWSClosed) {
+	if err := c.write(ws.OpClose, ws.NewCloseFrameBody(code, reason)); err != nil && !errors.Is(err, errWSClosed) {
 		c.nc.Close()
 		return
 	}

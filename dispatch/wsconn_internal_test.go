@@ -194,7 +194,7 @@ func TestWSConnPeerCloses(t *testing.T) {
 	if code, _ := ws.ParseCloseFrameData(p); op != ws.OpClose || code != ws.StatusGoingAway {
 		t.Fatalf("answer %v %d, want close 1001", op, code)
 	}
-	if err := c.write(ws.OpText, []byte("late"), time.Second); !errors.Is(err, errWSClosed) {
+	if err := c.write(ws.OpText, []byte("late")); !errors.Is(err, errWSClosed) {
 		t.Fatalf("write after close = %v, want errWSClosed", err)
 	}
 }
@@ -254,7 +254,7 @@ func TestWSConnWriteLengths(t *testing.T) {
 	br := bufio.NewReader(cli)
 	for _, n := range []int{0, 125, 126, 65535, 65536} {
 		wrote := make(chan error, 1)
-		go func() { wrote <- c.write(ws.OpText, bytes.Repeat([]byte{'a'}, n), 5*time.Second) }()
+		go func() { wrote <- c.write(ws.OpText, bytes.Repeat([]byte{'a'}, n)) }()
 		var hdr [2]byte
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			t.Fatal(err)
