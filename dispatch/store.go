@@ -81,9 +81,9 @@ type RideStore struct {
 	rdb redis.UniversalClient // pipelines and scans
 	cmd redis.UniversalClient // single commands and scripts: cfg.Commands, or rdb
 	cfg StoreConfig
-	// single is rdb when it is a single Redis (not a cluster): a script
-	// may write the sweeps' sorted sets beside a ride (see casScript), and
-	// a ZADD and a script share a pipeline (see runTracked). nil otherwise.
+	// single is rdb when it is a single Redis (not a cluster): the
+	// scripts that write a ride also write the sweeps' sorted sets (see
+	// casScript and createScript). nil otherwise.
 	single *redis.Client
 
 	entered [numStates]atomic.Uint64 // transitions into each state, by this process
@@ -168,10 +168,18 @@ func RequestFingerprint(r Ride) string {
 	return fmt.Sprintf("%s|%s|%s", r.Rider, r.Pickup, r.Dropoff)
 }
 
+// createScript: KEYS ride, outbox, and on a single Redis the searches set;
+// ARGV version, data, request fingerprint, the "requested" event, and with
+// the third key the search deadline (its score) and the ride id. A new
+// ride enters the searches set in the same atomic step as it is written,
+// so no created ride is ever untracked; a retry finds the ride and writes
+// nothing. It replies {1} when created and {0, data, fingerprint} when
+// the ride exists.
 var createScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'data'), redis.call('HGET', KEYS[1], 'req')}
 end
+if KEYS[3] then redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[6]) end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'data', ARGV[2], 'req', ARGV[3])
 redis.call('RPUSH', KEYS[2], ARGV[4])
 return {1}
@@ -188,8 +196,9 @@ func (s *RideStore) Create(ctx context.Context, r Ride) (Ride, bool, error) {
 // deadline (see TrackSearch), so that no created ride is ever untracked:
 // if this process dies before its search starts, any process's sweep
 // ends the ride after deadline. A retry keeps the deadline the ride has.
-// On a single Redis both go out in one pipeline, the tracking first (one
-// round trip); on a cluster the tracking is a call of its own.
+// On a single Redis the script that writes the ride tracks it (one
+// command, atomic); on a cluster the set lives on another node and the
+// tracking is a call of its own, made first.
 func (s *RideStore) CreateSearching(ctx context.Context, r Ride, deadline time.Time) (Ride, bool, error) {
 	return s.create(ctx, r, deadline)
 }
@@ -204,13 +213,20 @@ func (s *RideStore) create(ctx context.Context, r Ride, deadline time.Time) (Rid
 	if err != nil {
 		return Ride{}, false, err
 	}
+	keys := []string{s.key(r.ID), s.outboxKey(r.ID)}
+	args := []any{r.Version, data, fp, ev}
 	var track func(redis.Cmdable) *redis.IntCmd
-	if !deadline.IsZero() {
+	switch {
+	case deadline.IsZero():
+	case s.single != nil:
+		keys = append(keys, s.searchesKey())
+		args = append(args, deadline.UnixMilli(), string(r.ID))
+	default:
 		track = func(c redis.Cmdable) *redis.IntCmd {
 			return c.ZAddNX(ctx, s.searchesKey(), redis.Z{Score: float64(deadline.UnixMilli()), Member: string(r.ID)})
 		}
 	}
-	res, err := s.runTracked(ctx, track, "track search", createScript, "create", []string{s.key(r.ID), s.outboxKey(r.ID)}, r.Version, data, fp, ev)
+	res, err := s.runTracked(ctx, track, "track search", createScript, "create", keys, args...)
 	if err != nil {
 		return Ride{}, false, err
 	}
@@ -248,14 +264,17 @@ func (s *RideStore) Get(ctx context.Context, id RideID) (Ride, error) {
 	return r, err
 }
 
-// casScript: KEYS ride, outbox, and optionally the sweeps' sorted set the
-// ride leaves; ARGV expected version, next version, next data, ttl ms (0:
-// none), the ride id (its member in that set), then the events, in order
-// (one per transition). It replies {1} when written, {-1} when the ride
-// is gone, and {0, data} when the version moved on: the ride as stored,
-// so the caller retries without reading it again. The third key is only
-// given on a single Redis: in a cluster the sets live on other nodes, and
-// the ride leaves them in a command of its own after the write.
+// casScript: KEYS ride, outbox, then on a single Redis the sweeps' sorted
+// sets the ride leaves and enters (ARGV[6] and ARGV[7] say which are
+// given); ARGV expected version, next version, next data, ttl ms (0:
+// none), the ride id (its member in those sets), '1' when KEYS[3] is a
+// set the ride leaves, the score of the ride in the set it enters (the
+// last key) or empty, then the events, in order (one per transition). It
+// replies {1} when written, {-1} when the ride is gone, and {0, data}
+// when the version moved on: the ride as stored, so the caller retries
+// without reading it again. In a cluster the sets live on other nodes:
+// no set key is given, the ride enters its set in a command of its own
+// before the write and leaves it in one after.
 var casScript = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return {-1} end
@@ -266,10 +285,15 @@ if v ~= ARGV[1] then
   if v == ARGV[2] and data == ARGV[3] then return {1} end
   return {0, data}
 end
+local set = 3
+if ARGV[6] == '1' then
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  set = 4
+end
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[set], ARGV[7], ARGV[5]) end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'data', ARGV[3])
-redis.call('RPUSH', KEYS[2], unpack(ARGV, 6))
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 8))
 if ARGV[4] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[5]) end
 return {1}
 `)
 
@@ -435,54 +459,44 @@ func (s *RideStore) leaving(from, to State) string {
 }
 
 // cas runs casScript from version from to next, appending outs' events,
-// after tracking next's trip state when track is set, and taking the ride
-// out of the sorted set leave (see leaving) when it is not "".
+// with the ride entering next's trip set when track is set, and leaving
+// the sorted set leave (see leaving) when it is not "". On a single Redis
+// the script does both; in a cluster the ride enters its set first, in a
+// command of its own (leave is always "" there).
 func (s *RideStore) cas(ctx context.Context, id RideID, from uint64, next Ride, data []byte, ttl int64, outs []appliedEvent, track bool, leave string) ([]any, error) {
-	var tracking func(redis.Cmdable) *redis.IntCmd
-	if track {
-		tracking = func(c redis.Cmdable) *redis.IntCmd {
-			return c.ZAdd(ctx, s.tripsKey(next.State), redis.Z{Score: float64(next.UpdatedAt.UnixMilli()), Member: string(id)})
-		}
-	}
-	args := make([]any, 0, 5+len(outs))
-	args = append(args, strconv.FormatUint(from, 10), strconv.FormatUint(next.Version, 10), data, ttl, string(id))
-	for _, o := range outs {
-		args = append(args, o.out)
-	}
 	keys := []string{s.key(id), s.outboxKey(id)}
+	leaves, enter := "0", ""
 	if leave != "" {
 		keys = append(keys, leave)
+		leaves = "1"
+	}
+	var tracking func(redis.Cmdable) *redis.IntCmd
+	if track {
+		score := next.UpdatedAt.UnixMilli()
+		if s.single != nil {
+			keys = append(keys, s.tripsKey(next.State))
+			enter = strconv.FormatInt(score, 10)
+		} else {
+			tracking = func(c redis.Cmdable) *redis.IntCmd {
+				return c.ZAdd(ctx, s.tripsKey(next.State), redis.Z{Score: float64(score), Member: string(id)})
+			}
+		}
+	}
+	args := make([]any, 0, 7+len(outs))
+	args = append(args, strconv.FormatUint(from, 10), strconv.FormatUint(next.Version, 10), data, ttl, string(id), leaves, enter)
+	for _, o := range outs {
+		args = append(args, o.out)
 	}
 	return s.runTracked(ctx, tracking, "track trip", casScript, "update", keys, args...)
 }
 
-// runTracked runs script on keys, after track (when set) has added the
-// ride to one of the sorted sets the sweeps read, so that the entry lands
-// first. On a single Redis the ZADD and the script go out in one pipeline
-// (one round trip; Redis runs a connection's commands in order); on a
-// cluster they live on different nodes and go one after the other.
+// runTracked runs script on keys, after track (when set: a cluster, where
+// the sorted sets the sweeps read live on other nodes than the ride) has
+// added the ride to one of those sets, so that the entry lands first. On
+// a single Redis the scripts write the sets themselves and track is nil.
 // Failures to reach Redis are ErrStoreUnavailable, named trackOp or op.
 func (s *RideStore) runTracked(ctx context.Context, track func(redis.Cmdable) *redis.IntCmd, trackOp string,
 	script *redis.Script, op string, keys []string, args ...any) ([]any, error) {
-	if track != nil && s.single != nil {
-		pipe := s.single.Pipeline()
-		zadd := track(pipe)
-		res := script.EvalSha(ctx, pipe, keys, args...)
-		pipe.Exec(ctx) // errors are read per command below
-		switch {
-		case zadd.Err() != nil:
-			return nil, s.unavailable(trackOp, zadd.Err())
-		case res.Err() == nil:
-			v, err := res.Slice()
-			if err != nil {
-				return nil, s.unavailable(op, err)
-			}
-			return v, nil
-		case !redis.HasErrorPrefix(res.Err(), "NOSCRIPT"):
-			return nil, s.unavailable(op, res.Err())
-		}
-		track = nil // tracked; the script was not loaded yet: Run below loads it
-	}
 	if track != nil {
 		if err := track(s.cmd).Err(); err != nil {
 			return nil, s.unavailable(trackOp, err)

@@ -32,7 +32,7 @@ func TestCASResendIsIdempotent(t *testing.T) {
 	data, _ := json.Marshal(next)
 	out, _ := json.Marshal(NewRideEvent(next, EvSearch.String(), r.State))
 	run := func() int64 {
-		res, err := casScript.Run(ctx, rdb, []string{s.key(r.ID), s.outboxKey(r.ID)}, "1", "2", data, 0, string(r.ID), out).Slice()
+		res, err := casScript.Run(ctx, rdb, []string{s.key(r.ID), s.outboxKey(r.ID)}, "1", "2", data, 0, string(r.ID), "0", "", out).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,6 +51,85 @@ func TestCASResendIsIdempotent(t *testing.T) {
 	data, _ = json.Marshal(other)
 	if n := run(); n != 0 {
 		t.Fatalf("a conflicting write got %d, want 0", n)
+	}
+}
+
+// TestScriptsWriteTheSweepSets: on a single Redis the scripts that write a
+// ride also move it between the sweeps' sorted sets, in the same atomic
+// step: a created ride is in the searches, an accepted one leaves them and
+// enters the accepted trips, a refused write moves it nowhere, and a
+// create retried after the search ended does not track the ride again.
+func TestScriptsWriteTheSweepSets(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	s, err := NewRideStore(rdb, DefaultStoreConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	members := func(key string) []string {
+		t.Helper()
+		m, err := rdb.ZRange(ctx, key, 0, -1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	r, _ := NewRide("r1", "u1", geo.LatLng{Lat: 1, Lng: 1}, geo.LatLng{Lat: 2, Lng: 2}, time.Unix(0, 0))
+	deadline := time.UnixMilli(5000)
+	if _, created, err := s.CreateSearching(ctx, r, deadline); err != nil || !created {
+		t.Fatalf("create: created %v, %v", created, err)
+	}
+	if score, err := rdb.ZScore(ctx, s.searchesKey(), "r1").Result(); err != nil || score != 5000 {
+		t.Fatalf("searches score %v, %v; want 5000", score, err)
+	}
+	if _, err := s.Apply(ctx, "r1", Event{Kind: EvSearch, At: time.UnixMilli(5500)}); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := s.Apply(ctx, "r1", Event{Kind: EvOffer, Driver: "d1", ETA: time.Minute, At: time.UnixMilli(6000)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Apply(ctx, "r1", Event{Kind: EvAccept, Driver: "d1", At: time.UnixMilli(7000)}); err != nil {
+		t.Fatal(err)
+	}
+	if m := members(s.searchesKey()); len(m) != 0 {
+		t.Fatalf("searches after accept: %v, want none", m)
+	}
+	if score, err := rdb.ZScore(ctx, s.tripsKey(Accepted), "r1").Result(); err != nil || score != 7000 {
+		t.Fatalf("accepted trips score %v, %v; want 7000", score, err)
+	}
+	// A write from a stale version is refused and moves the ride nowhere.
+	stale := cur
+	if err := stale.Apply(Event{Kind: EvAccept, Driver: "d1", At: time.UnixMilli(8000)}); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(stale)
+	res, err := s.cas(ctx, "r1", cur.Version, stale, data, 0, nil, true, s.leaving(cur.State, stale.State))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := res[0].(int64); code != 0 {
+		t.Fatalf("stale write replied %v, want 0", res)
+	}
+	if score, _ := rdb.ZScore(ctx, s.tripsKey(Accepted), "r1").Result(); score != 7000 {
+		t.Fatalf("accepted trips score %v after a refused write, want 7000", score)
+	}
+	if _, err := s.Apply(ctx, "r1", Event{Kind: EvArrive, Driver: "d1", At: time.UnixMilli(9000)}); err != nil {
+		t.Fatal(err)
+	}
+	if m := members(s.tripsKey(Accepted)); len(m) != 0 {
+		t.Fatalf("accepted trips after arrive: %v, want none", m)
+	}
+	if m := members(s.tripsKey(Arrived)); len(m) != 1 || m[0] != "r1" {
+		t.Fatalf("arrived trips: %v, want [r1]", m)
+	}
+	// The rider's retry of the request finds the ride and tracks nothing.
+	if _, created, err := s.CreateSearching(ctx, r, deadline); err != nil || created {
+		t.Fatalf("retried create: created %v, %v", created, err)
+	}
+	if m := members(s.searchesKey()); len(m) != 0 {
+		t.Fatalf("searches after a retried create: %v, want none", m)
 	}
 }
 
