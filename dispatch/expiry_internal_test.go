@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/hexdispatch/hexdispatch/geo"
-	"github.com/hexdispatch/hexdispatch/internal/redistest"
 	"github.com/hexdispatch/hexdispatch/matcher"
 	"github.com/hexdispatch/hexdispatch/positions"
 )
@@ -30,11 +29,7 @@ func (noDriver) Match(context.Context, matcher.MatchRequest) (matcher.Match, err
 // sweep's read and its write wins.
 func TestTripSweepDropsStaleEntries(t *testing.T) {
 	ctx := context.Background()
-	rdb := redistest.Start(t).Client(t)
-	s, err := NewRideStore(rdb, DefaultStoreConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, rdb := newRedisStore(t)
 	leases, err := matcher.NewLeases(rdb, matcher.DefaultLeaseConfig())
 	if err != nil {
 		t.Fatal(err)

@@ -8,18 +8,26 @@ import (
 
 	"github.com/hexdispatch/hexdispatch/geo"
 	"github.com/hexdispatch/hexdispatch/internal/redistest"
+	"github.com/redis/go-redis/v9"
 )
+
+// newRedisStore returns a store with the default config over a fresh
+// redis-server, and the store's client.
+func newRedisStore(t *testing.T) (*RideStore, *redis.Client) {
+	t.Helper()
+	rdb := redistest.Start(t).Client(t)
+	s, err := NewRideStore(rdb, DefaultStoreConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, rdb
+}
 
 // TestCASResendIsIdempotent: a client that resends a compare-and-set whose
 // reply it lost (go-redis retries on a read timeout) gets success, and the
 // outbox holds the transition once.
 func TestCASResendIsIdempotent(t *testing.T) {
-	srv := redistest.Start(t)
-	rdb := srv.Client(t)
-	s, err := NewRideStore(rdb, DefaultStoreConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, rdb := newRedisStore(t)
 	ctx := context.Background()
 	r, _ := NewRide("r1", "u1", geo.LatLng{Lat: 1, Lng: 1}, geo.LatLng{Lat: 2, Lng: 2}, time.Unix(0, 0))
 	if _, _, err := s.Create(ctx, r); err != nil {
@@ -60,12 +68,7 @@ func TestCASResendIsIdempotent(t *testing.T) {
 // enters the accepted trips, a refused write moves it nowhere, and a
 // create retried after the search ended does not track the ride again.
 func TestScriptsWriteTheSweepSets(t *testing.T) {
-	srv := redistest.Start(t)
-	rdb := srv.Client(t)
-	s, err := NewRideStore(rdb, DefaultStoreConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, rdb := newRedisStore(t)
 	ctx := context.Background()
 	members := func(key string) []string {
 		t.Helper()
